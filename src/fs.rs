@@ -1,0 +1,1112 @@
+//! The session directory's logic: names, inodes, open files, and when content moves between
+//! this server and the store. No FUSE types here, so all of it runs in unit tests against
+//! `store::memory`; `fuse` only translates.
+//!
+//! Invariants:
+//! - Close-to-open: every `open` asks the store whether the content this server has is still
+//!   current (one round trip that returns the content only when it changed), unless another
+//!   open file on this server holds unwritten changes (then, as on a local filesystem, the
+//!   processes of this server see each other's writes).
+//! - Writes between open and close stay on this server and reach the store whole, in one
+//!   round trip, at `flush` (inside `close()`), `fsync`, or at the latest at `release`. No
+//!   reader anywhere sees a half-written session.
+//! - A session deleted here or elsewhere is never brought back by a late write from a file that
+//!   was open before the delete (the store checks the incarnation).
+//! - No lock of this module is held across a store round trip.
+
+pub mod error;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cache::{Cached, ContentCache};
+use crate::keys::{NameError, SessionName};
+use crate::store::{Created, Loaded, Meta, Nanos, Stat, Store, Written, now_nanos};
+pub use error::Error;
+use error::err;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub const ROOT_INO: u64 = 1;
+
+/// Who is asking: from the FUSE request header.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Directory,
+    File,
+}
+
+/// What `stat` shows; `fuse` turns it into the kernel's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// Settings of the directory itself.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Largest session accepted (EFBIG beyond).
+    pub max_size: u64,
+    /// Bytes of validated content kept between opens.
+    pub cache_size: usize,
+    /// Mode, owner and group of the mount's root directory (Debian: 1733 root:root).
+    pub dir_mode: u32,
+    pub dir_uid: u32,
+    pub dir_gid: u32,
+}
+
+/// A time set by `utimensat`.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(SystemTime),
+}
+
+/// The parts of `setattr` sessfs acts on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// Open flags that matter here (from open(2)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenFlags {
+    pub create: bool,
+    pub exclusive: bool,
+    pub truncate: bool,
+    pub append: bool,
+}
+
+impl OpenFlags {
+    pub fn from_raw(flags: i32) -> OpenFlags {
+        OpenFlags {
+            create: flags & libc::O_CREAT != 0,
+            exclusive: flags & libc::O_EXCL != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+            append: flags & libc::O_APPEND != 0,
+        }
+    }
+}
+
+/// One directory entry for readdir; `offset` is what the kernel hands back to continue after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub offset: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// A file as this server knows it. Content is held only while the file is open here
+/// (`open > 0`); between opens it lives in the content cache.
+#[derive(Debug)]
+struct Inode {
+    /// None once the name was unlinked here, or found replaced in the store.
+    name: Option<SessionName>,
+    /// The kernel's references (lookups minus forgets).
+    lookups: u64,
+    /// Open file handles on this server.
+    open: u32,
+    /// Content while open.
+    data: Option<Arc<Vec<u8>>>,
+    /// Metadata as this server would write it now.
+    meta: Meta,
+    /// Store version the content came from (None: never validated, or a foreign session).
+    version: Option<u64>,
+    /// Incarnation opened; a write must find it still there.
+    incarnation: Option<u64>,
+    /// Size the store reported when nothing is open here.
+    size: u64,
+    /// Changes made here and not yet in the store; bumped on every change, so a flush that
+    /// raced with a write knows the write still needs sending.
+    dirty: u64,
+    flushed: u64,
+}
+
+impl Inode {
+    fn new(name: SessionName, stat: &Stat) -> Inode {
+        Inode {
+            name: Some(name),
+            lookups: 0,
+            open: 0,
+            data: None,
+            meta: stat.meta,
+            version: stat.version,
+            incarnation: stat.incarnation,
+            size: stat.size,
+            dirty: 0,
+            flushed: 0,
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.dirty != self.flushed
+    }
+
+    fn mark_dirty(&mut self) {
+        self.dirty += 1;
+    }
+
+    fn current_size(&self) -> u64 {
+        match &self.data {
+            Some(d) => d.len() as u64,
+            None => self.size,
+        }
+    }
+
+    /// Takes in what the store reported, unless changes made here are newer.
+    fn absorb(&mut self, stat: &Stat) {
+        if self.is_dirty() {
+            return;
+        }
+        if self.version != stat.version || stat.version.is_none() {
+            self.data = None;
+        }
+        self.meta = stat.meta;
+        self.version = stat.version;
+        self.incarnation = stat.incarnation;
+        self.size = stat.size;
+    }
+}
+
+#[derive(Debug)]
+struct Handle {
+    ino: u64,
+    append: bool,
+}
+
+/// An open directory: one page of names at a time, so listing a million sessions costs the
+/// memory of one page.
+#[derive(Debug, Default)]
+struct DirHandle {
+    /// Entries fetched and not yet passed beyond, with their offsets.
+    page: Vec<(u64, SessionName)>,
+    /// Offset of the last entry fetched (offsets count entries from 3 on: 1 and 2 are . and ..).
+    last_offset: u64,
+    /// Where the store's listing continues; None once it ended.
+    cursor: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    inodes: HashMap<u64, Inode>,
+    by_name: HashMap<SessionName, u64>,
+    handles: HashMap<u64, Handle>,
+    dirs: HashMap<u64, DirHandle>,
+    next_fh: u64,
+}
+
+/// The inode number a name gets: a hash, so readdir can report the number lookup will give
+/// without keeping a table of every session listed.
+fn hash_ino(name: &SessionName) -> u64 {
+    // FNV-1a, 64 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h >> 1).max(2)
+}
+
+impl State {
+    fn fresh_fh(&mut self) -> u64 {
+        self.next_fh += 1;
+        self.next_fh
+    }
+
+    /// The inode bound to `name`, or a new one with a number no live inode has.
+    fn bind(&mut self, name: &SessionName, stat: &Stat) -> u64 {
+        if let Some(&ino) = self.by_name.get(name) {
+            return ino;
+        }
+        let mut ino = hash_ino(name);
+        // A collision, or an unlinked inode still open under the same name's number: probe.
+        while ino == ROOT_INO || self.inodes.contains_key(&ino) {
+            ino = ino.wrapping_add(0x9E37_79B9) >> 1;
+            ino = ino.max(2);
+        }
+        self.inodes.insert(ino, Inode::new(name.clone(), stat));
+        self.by_name.insert(name.clone(), ino);
+        ino
+    }
+
+    /// Detaches the inode from its name: it lives on for its open handles, as an unlinked file.
+    fn unbind(&mut self, name: &SessionName) {
+        if let Some(ino) = self.by_name.remove(name) {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.name = None;
+            }
+            self.drop_if_unused(ino);
+        }
+    }
+
+    fn drop_if_unused(&mut self, ino: u64) {
+        let unused = self
+            .inodes
+            .get(&ino)
+            .is_some_and(|i| i.lookups == 0 && i.open == 0);
+        if unused {
+            if let Some(inode) = self.inodes.remove(&ino) {
+                if let Some(name) = inode.name {
+                    if self.by_name.get(&name) == Some(&ino) {
+                        self.by_name.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn to_system_time(ns: Nanos) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn to_nanos(t: SystemTime) -> Nanos {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as Nanos,
+        Err(e) => -(e.duration().as_nanos() as Nanos),
+    }
+}
+
+fn parse_name(name: &[u8]) -> std::result::Result<SessionName, NameError> {
+    SessionName::parse(name)
+}
+
+fn shown(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+pub struct Fs<S: Store> {
+    store: S,
+    cfg: FsConfig,
+    state: Mutex<State>,
+    cache: Mutex<ContentCache>,
+    mounted_at: SystemTime,
+}
+
+impl<S: Store> Fs<S> {
+    pub fn new(store: S, cfg: FsConfig) -> Fs<S> {
+        let cache = ContentCache::new(cfg.cache_size);
+        Fs {
+            store,
+            cfg,
+            state: Mutex::new(State::default()),
+            cache: Mutex::new(cache),
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent across a panic (every change is a single assignment or
+        // map operation), so a poisoned lock is taken over rather than taking the mount down.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache(&self) -> MutexGuard<'_, ContentCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT_INO,
+            kind: Kind::Directory,
+            size: 0,
+            mode: self.cfg.dir_mode & 0o7777,
+            nlink: 2,
+            uid: self.cfg.dir_uid,
+            gid: self.cfg.dir_gid,
+            mtime: self.mounted_at,
+            ctime: self.mounted_at,
+        }
+    }
+
+    fn attr_of(ino: u64, inode: &Inode) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::File,
+            size: inode.current_size(),
+            mode: inode.meta.mode & 0o7777,
+            nlink: u32::from(inode.name.is_some()),
+            uid: inode.meta.uid,
+            gid: inode.meta.gid,
+            mtime: to_system_time(inode.meta.mtime),
+            ctime: to_system_time(inode.meta.ctime),
+        }
+    }
+
+    fn check_parent(parent: u64) -> Result<()> {
+        if parent != ROOT_INO {
+            return Err(err!(ENOENT, Debug, "no such directory (inode {parent})"));
+        }
+        Ok(())
+    }
+
+    /// Looks a name up: from this server's open file if there is one (its state is at least as
+    /// new as the open that validated it), else from the store.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        Self::check_parent(parent)?;
+        let name = match parse_name(name) {
+            Ok(n) => n,
+            Err(NameError::TooLong) => {
+                return Err(err!(ENAMETOOLONG, Debug, "{}: name too long", shown(name)));
+            }
+            // A name the directory can never hold simply does not exist.
+            Err(NameError::Invalid) => {
+                return Err(err!(ENOENT, Debug, "{}: not a session name", shown(name)));
+            }
+        };
+        {
+            let mut st = self.state();
+            if let Some(&ino) = st.by_name.get(&name) {
+                if let Some(inode) = st.inodes.get_mut(&ino) {
+                    if inode.open > 0 {
+                        inode.lookups += 1;
+                        return Ok(Self::attr_of(ino, inode));
+                    }
+                }
+            }
+        }
+        let stat = self
+            .store
+            .stat(&name)
+            .await
+            .map_err(|e| Error::store(&name, e))?;
+        let Some(stat) = stat else {
+            return Err(err!(ENOENT, Debug, "{name}: no such session"));
+        };
+        let mut st = self.state();
+        let ino = st.bind(&name, &stat);
+        let inode = st
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| err!(EIO, Error, "{name}: inode vanished"))?;
+        inode.absorb(&stat);
+        inode.lookups += 1;
+        Ok(Self::attr_of(ino, inode))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut st = self.state();
+        if let Some(inode) = st.inodes.get_mut(&ino) {
+            inode.lookups = inode.lookups.saturating_sub(n);
+        }
+        st.drop_if_unused(ino);
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        if ino == ROOT_INO {
+            return Ok(self.root_attr());
+        }
+        let name = {
+            let st = self.state();
+            let inode = st
+                .inodes
+                .get(&ino)
+                .ok_or_else(|| err!(ENOENT, Debug, "inode {ino} is not known"))?;
+            match &inode.name {
+                Some(name) if inode.open == 0 => name.clone(),
+                _ => return Ok(Self::attr_of(ino, inode)),
+            }
+        };
+        let stat = self
+            .store
+            .stat(&name)
+            .await
+            .map_err(|e| Error::store(&name, e))?;
+        let mut st = self.state();
+        let inode = st
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| err!(ENOENT, Debug, "{name}: inode was forgotten"))?;
+        match stat {
+            Some(stat) => {
+                inode.absorb(&stat);
+                Ok(Self::attr_of(ino, inode))
+            }
+            None => Err(err!(ENOENT, Debug, "{name}: no such session")),
+        }
+    }
+
+    /// The content this server holds for `name` and its version, if any.
+    fn known_copy(&self, ino: u64, name: &SessionName) -> Option<Cached> {
+        {
+            let st = self.state();
+            if let Some(inode) = st.inodes.get(&ino) {
+                if let (Some(data), Some(version)) = (&inode.data, inode.version) {
+                    return Some(Cached {
+                        version,
+                        data: data.clone(),
+                    });
+                }
+            }
+        }
+        self.cache().get(name)
+    }
+
+    /// Installs a handle on an inode whose content is now in place.
+    fn new_handle(st: &mut State, ino: u64, flags: OpenFlags) -> Result<u64> {
+        let inode = st
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| err!(ENOENT, Debug, "inode {ino} was forgotten during open"))?;
+        if flags.truncate && inode.data.as_ref().is_some_and(|d| !d.is_empty()) {
+            inode.data = Some(Arc::new(Vec::new()));
+            let now = now_nanos();
+            inode.meta.mtime = now;
+            inode.meta.ctime = now;
+            inode.mark_dirty();
+        }
+        inode.open += 1;
+        let fh = st.fresh_fh();
+        st.handles.insert(
+            fh,
+            Handle {
+                ino,
+                append: flags.append,
+            },
+        );
+        Ok(fh)
+    }
+
+    pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<u64> {
+        let name = {
+            let mut st = self.state();
+            let inode = st
+                .inodes
+                .get(&ino)
+                .ok_or_else(|| err!(ENOENT, Debug, "inode {ino} is not known"))?;
+            let Some(name) = inode.name.clone() else {
+                return Err(err!(ENOENT, Debug, "inode {ino} was unlinked"));
+            };
+            // Another open file here has changes not yet sent: this open sees them, as
+            // processes on one machine share a file's page cache.
+            if inode.open > 0 && inode.is_dirty() {
+                return Self::new_handle(&mut st, ino, flags);
+            }
+            name
+        };
+        let known = self.known_copy(ino, &name);
+        let loaded = self
+            .store
+            .load(&name, known.as_ref().map(|c| c.version))
+            .await
+            .map_err(|e| Error::store(&name, e))?;
+        let (stat, data) = match loaded {
+            Loaded::Changed(rec) => (rec.stat, rec.data),
+            Loaded::Same(stat) => match known {
+                Some(c) => (stat, c.data),
+                None => return Err(err!(EIO, Error, "{name}: store validated a copy not held")),
+            },
+            Loaded::Missing if flags.create => {
+                // The kernel still had the name (deleted elsewhere since): O_CREAT makes it anew.
+                return self
+                    .create_named(name, 0o600, flags, caller)
+                    .await
+                    .map(|(_, fh)| fh);
+            }
+            Loaded::Missing => {
+                let mut st = self.state();
+                st.unbind(&name);
+                self.cache().remove(&name);
+                return Err(err!(ENOENT, Debug, "{name}: no such session"));
+            }
+        };
+        let mut st = self.state();
+        let inode = st
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| err!(ENOENT, Debug, "{name}: inode was forgotten during open"))?;
+        if !inode.is_dirty() {
+            inode.absorb(&stat);
+            inode.data = Some(data);
+            inode.size = stat.size;
+        }
+        Self::new_handle(&mut st, ino, flags)
+    }
+
+    /// create(2) with O_CREAT on a name the kernel believes absent.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: OpenFlags,
+        caller: Caller,
+    ) -> Result<(Attr, u64)> {
+        Self::check_parent(parent)?;
+        let name = match parse_name(name) {
+            Ok(n) => n,
+            Err(NameError::TooLong) => {
+                return Err(err!(ENAMETOOLONG, Warn, "{}: name too long", shown(name)));
+            }
+            Err(NameError::Invalid) => {
+                return Err(err!(
+                    EINVAL,
+                    Warn,
+                    "{:?}: not a session file name (sess_ followed by [A-Za-z0-9,-], or \
+                     [A-Za-z0-9,._-] not starting with '.')",
+                    shown(name)
+                ));
+            }
+        };
+        self.create_named(name, mode, flags, caller).await
+    }
+
+    async fn create_named(
+        &self,
+        name: SessionName,
+        mode: u32,
+        flags: OpenFlags,
+        caller: Caller,
+    ) -> Result<(Attr, u64)> {
+        let now = now_nanos();
+        let meta = Meta {
+            mode: mode & 0o7777,
+            uid: caller.uid,
+            gid: caller.gid,
+            mtime: now,
+            ctime: now,
+        };
+        let created = self
+            .store
+            .create(&name, &meta, flags.exclusive)
+            .await
+            .map_err(|e| Error::store(&name, e))?;
+        let (stat, data) = match created {
+            Created::Created(stat) => (stat, Arc::new(Vec::new())),
+            Created::Exists(rec) => (rec.stat, rec.data),
+            Created::ExistsExclusive => {
+                return Err(err!(EEXIST, Debug, "{name}: exists"));
+            }
+        };
+        let mut st = self.state();
+        // A name bound to an older inode (the kernel forgot its dentry, we have not yet) is
+        // taken over by the new file.
+        if let Some(&old) = st.by_name.get(&name) {
+            let busy = st
+                .inodes
+                .get(&old)
+                .is_some_and(|i| i.open > 0 && i.incarnation != stat.incarnation);
+            if busy {
+                st.unbind(&name);
+            }
+        }
+        let ino = st.bind(&name, &stat);
+        let inode = st
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| err!(EIO, Error, "{name}: inode vanished"))?;
+        if !(inode.open > 0 && inode.is_dirty()) {
+            inode.absorb(&stat);
+            inode.data = Some(data);
+            inode.size = stat.size;
+        }
+        inode.lookups += 1;
+        let fh = Self::new_handle(&mut st, ino, flags)?;
+        let attr = Self::attr_of(ino, &st.inodes[&ino]);
+        Ok((attr, fh))
+    }
+
+    fn handle_ino(st: &State, fh: u64) -> Result<u64> {
+        st.handles
+            .get(&fh)
+            .map(|h| h.ino)
+            .ok_or_else(|| err!(EBADF, Error, "file handle {fh} is not open"))
+    }
+
+    /// Attributes of an open file: this server's view, which includes its unsent writes.
+    pub fn getattr_open(&self, fh: u64) -> Result<Attr> {
+        let st = self.state();
+        let ino = Self::handle_ino(&st, fh)?;
+        let inode = &st.inodes[&ino];
+        Ok(Self::attr_of(ino, inode))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let st = self.state();
+        let ino = Self::handle_ino(&st, fh)?;
+        let inode = &st.inodes[&ino];
+        let Some(data) = &inode.data else {
+            return Err(err!(EIO, Error, "inode {ino}: open file has no content"));
+        };
+        let start = (offset.min(data.len() as u64)) as usize;
+        let end = (offset
+            .saturating_add(u64::from(size))
+            .min(data.len() as u64)) as usize;
+        Ok(data[start..end].to_vec())
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> Result<u32> {
+        let mut st = self.state();
+        let ino = Self::handle_ino(&st, fh)?;
+        let append = st.handles[&fh].append;
+        let max = self.cfg.max_size;
+        let inode = st
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| err!(EBADF, Error, "file handle {fh}: inode gone"))?;
+        let data = inode
+            .data
+            .as_mut()
+            .ok_or_else(|| err!(EIO, Error, "inode {ino}: open file has no content"))?;
+        let offset = if append { data.len() as u64 } else { offset };
+        let end = offset.saturating_add(bytes.len() as u64);
+        if end > max {
+            let what = inode.name.as_ref().map_or("(unlinked)", |n| n.as_str());
+            return Err(err!(
+                EFBIG,
+                Warn,
+                "{what}: a write up to {end} bytes exceeds max_size={max}"
+            ));
+        }
+        let buf = Arc::make_mut(data);
+        let (offset, end) = (offset as usize, end as usize);
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        buf[offset..end].copy_from_slice(bytes);
+        let now = now_nanos();
+        inode.meta.mtime = now;
+        inode.meta.ctime = now;
+        inode.mark_dirty();
+        Ok(bytes.len() as u32)
+    }
+
+    /// Sends this inode's unsent changes to the store; Ok if there were none.
+    async fn persist(&self, ino: u64) -> Result<()> {
+        let (name, expect, data, meta, generation) = {
+            let st = self.state();
+            let Some(inode) = st.inodes.get(&ino) else {
+                return Ok(());
+            };
+            if !inode.is_dirty() {
+                return Ok(());
+            }
+            let Some(name) = inode.name.clone() else {
+                // Unlinked here: its writes go nowhere, as on a local filesystem.
+                return Ok(());
+            };
+            let Some(data) = inode.data.clone() else {
+                return Ok(());
+            };
+            (name, inode.incarnation, data, inode.meta, inode.dirty)
+        };
+        let written = self
+            .store
+            .write(&name, expect, &data, &meta)
+            .await
+            .map_err(|e| Error::store(&name, e))?;
+        let mut st = self.state();
+        match written {
+            Written::Done(stat) => {
+                if let Some(inode) = st.inodes.get_mut(&ino) {
+                    inode.flushed = inode.flushed.max(generation);
+                    if !inode.is_dirty() {
+                        inode.version = stat.version;
+                        inode.incarnation = stat.incarnation;
+                        inode.size = stat.size;
+                    }
+                }
+                Ok(())
+            }
+            Written::Gone => {
+                tracing::info!(
+                    session = %name,
+                    "session was deleted or replaced by another server while open here; \
+                     this server's last changes are dropped, as for a file unlinked while open"
+                );
+                if let Some(inode) = st.inodes.get_mut(&ino) {
+                    inode.flushed = inode.dirty;
+                }
+                if st.by_name.get(&name) == Some(&ino) {
+                    st.unbind(&name);
+                }
+                self.cache().remove(&name);
+                Ok(())
+            }
+        }
+    }
+
+    /// close(2): the session reaches the store before close returns.
+    pub async fn flush(&self, fh: u64) -> Result<()> {
+        let ino = Self::handle_ino(&self.state(), fh)?;
+        self.persist(ino).await
+    }
+
+    pub async fn fsync(&self, fh: u64) -> Result<()> {
+        self.flush(fh).await
+    }
+
+    /// The last close of a file: sends what a failed flush left, then moves the content to the
+    /// cache.
+    pub async fn release(&self, fh: u64) -> Result<()> {
+        let ino = {
+            let st = self.state();
+            Self::handle_ino(&st, fh)?
+        };
+        let last = {
+            let st = self.state();
+            st.inodes.get(&ino).is_some_and(|i| i.open == 1)
+        };
+        let sent = if last {
+            self.persist(ino).await
+        } else {
+            Ok(())
+        };
+        let mut st = self.state();
+        st.handles.remove(&fh);
+        if let Some(inode) = st.inodes.get_mut(&ino) {
+            inode.open = inode.open.saturating_sub(1);
+            if inode.open == 0 {
+                let data = inode.data.take();
+                if let Some(d) = &data {
+                    inode.size = d.len() as u64;
+                }
+                let keep = match (&inode.name, inode.version, data) {
+                    (Some(name), Some(version), Some(data)) if !inode.is_dirty() => {
+                        Some((name.clone(), Cached { version, data }))
+                    }
+                    _ => None,
+                };
+                // Changes that never reached the store are lost now: say so once, loudly.
+                if inode.is_dirty() {
+                    inode.flushed = inode.dirty;
+                }
+                if let Some((name, cached)) = keep {
+                    self.cache().put(name, cached);
+                }
+            }
+        }
+        st.drop_if_unused(ino);
+        sent
+    }
+
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        set: SetAttr,
+        caller: Caller,
+    ) -> Result<Attr> {
+        if ino == ROOT_INO {
+            if set.size.is_some() {
+                return Err(err!(
+                    EISDIR,
+                    Warn,
+                    "the session directory cannot be truncated"
+                ));
+            }
+            return Err(err!(
+                EPERM,
+                Warn,
+                "the session directory's mode and owner are set by mount options"
+            ));
+        }
+        // Truncating a file nobody has open here: load it like an open would.
+        let opened_here = {
+            let st = self.state();
+            let inode = st
+                .inodes
+                .get(&ino)
+                .ok_or_else(|| err!(ENOENT, Debug, "inode {ino} is not known"))?;
+            inode.open > 0
+        };
+        let temp_fh = if set.size.is_some() && fh.is_none() && !opened_here {
+            Some(self.open(ino, OpenFlags::default(), caller).await?)
+        } else {
+            None
+        };
+        let result = self.apply_setattr(ino, set, caller).await;
+        if let Some(tfh) = temp_fh {
+            // The temporary handle's release sends the truncation.
+            let released = self.release(tfh).await;
+            result.as_ref().ok();
+            released?;
+        }
+        let attr = result?;
+        Ok(attr)
+    }
+
+    async fn apply_setattr(&self, ino: u64, set: SetAttr, caller: Caller) -> Result<Attr> {
+        let now = now_nanos();
+        let (name, meta_only, expect, meta) = {
+            let mut st = self.state();
+            let max = self.cfg.max_size;
+            let inode = st
+                .inodes
+                .get_mut(&ino)
+                .ok_or_else(|| err!(ENOENT, Debug, "inode {ino} is not known"))?;
+            let label = inode
+                .name
+                .as_ref()
+                .map_or_else(|| format!("inode {ino} (unlinked)"), |n| n.to_string());
+            let owner = caller.uid == 0 || caller.uid == inode.meta.uid;
+            if let Some(mode) = set.mode {
+                if !owner {
+                    return Err(err!(EPERM, Warn, "{label}: only the owner may chmod"));
+                }
+                inode.meta.mode = mode & 0o7777;
+                inode.meta.ctime = now;
+            }
+            if set.uid.is_some_and(|u| u != inode.meta.uid) && caller.uid != 0 {
+                return Err(err!(EPERM, Warn, "{label}: only root may chown"));
+            }
+            if set.gid.is_some_and(|g| g != inode.meta.gid) && !owner {
+                return Err(err!(EPERM, Warn, "{label}: only the owner may chgrp"));
+            }
+            if let Some(uid) = set.uid {
+                inode.meta.uid = uid;
+                inode.meta.ctime = now;
+            }
+            if let Some(gid) = set.gid {
+                inode.meta.gid = gid;
+                inode.meta.ctime = now;
+            }
+            if let Some(t) = set.mtime {
+                inode.meta.mtime = match t {
+                    SetTime::Now => now,
+                    SetTime::At(t) => to_nanos(t),
+                };
+                inode.meta.ctime = now;
+            } else if set.atime.is_some() {
+                // atime is not kept (sessions are noatime); setting it still moves ctime.
+                inode.meta.ctime = now;
+            }
+            if let Some(size) = set.size {
+                if size > max {
+                    return Err(err!(
+                        EFBIG,
+                        Warn,
+                        "{label}: truncate to {size} bytes exceeds max_size={max}"
+                    ));
+                }
+                let data = inode
+                    .data
+                    .as_mut()
+                    .ok_or_else(|| err!(EIO, Error, "{label}: truncate without content"))?;
+                if data.len() as u64 != size {
+                    Arc::make_mut(data).resize(size as usize, 0);
+                    inode.meta.mtime = now;
+                    inode.meta.ctime = now;
+                    inode.mark_dirty();
+                } else if size == 0 && data.is_empty() {
+                    // ftruncate(0) of an empty file changes nothing but still moves the times.
+                    inode.meta.mtime = now;
+                    inode.meta.ctime = now;
+                }
+            }
+            // An open file with changes to send takes the metadata along at flush.
+            if inode.is_dirty() {
+                return Ok(Self::attr_of(ino, inode));
+            }
+            let Some(name) = inode.name.clone() else {
+                return Ok(Self::attr_of(ino, inode));
+            };
+            (name, set.size.is_none(), inode.incarnation, inode.meta)
+        };
+        if meta_only || set.size.is_some() {
+            let written = self
+                .store
+                .update_meta(&name, expect, &meta)
+                .await
+                .map_err(|e| Error::store(&name, e))?;
+            let mut st = self.state();
+            match written {
+                Written::Done(stat) => {
+                    if let Some(inode) = st.inodes.get_mut(&ino) {
+                        if !inode.is_dirty() {
+                            inode.incarnation = stat.incarnation;
+                            if inode.version != stat.version {
+                                // The store assigned a version to a foreign session's content.
+                                inode.version = stat.version.filter(|_| inode.data.is_none());
+                            }
+                        }
+                    }
+                }
+                Written::Gone => {
+                    st.unbind(&name);
+                    self.cache().remove(&name);
+                    return Err(err!(ENOENT, Debug, "{name}: no such session"));
+                }
+            }
+        }
+        let st = self.state();
+        let inode = st
+            .inodes
+            .get(&ino)
+            .ok_or_else(|| err!(ENOENT, Debug, "{name}: inode was forgotten"))?;
+        Ok(Self::attr_of(ino, inode))
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        Self::check_parent(parent)?;
+        let name = parse_name(name)
+            .map_err(|_| err!(ENOENT, Debug, "{}: not a session name", shown(name)))?;
+        let existed = self
+            .store
+            .remove(&name)
+            .await
+            .map_err(|e| Error::store(&name, e))?;
+        let mut st = self.state();
+        st.unbind(&name);
+        self.cache().remove(&name);
+        if existed {
+            Ok(())
+        } else {
+            Err(err!(ENOENT, Debug, "{name}: no such session"))
+        }
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        if ino != ROOT_INO {
+            return Err(err!(ENOTDIR, Debug, "inode {ino} is not a directory"));
+        }
+        let mut st = self.state();
+        let fh = st.fresh_fh();
+        st.dirs.insert(
+            fh,
+            DirHandle {
+                cursor: Some(0),
+                last_offset: 2,
+                ..DirHandle::default()
+            },
+        );
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.state().dirs.remove(&fh);
+    }
+
+    /// Entries after `offset`, at least one unless the listing ended. The caller passes back
+    /// the offset of the last entry it used.
+    pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirEntry {
+                ino: ROOT_INO,
+                offset: 1,
+                kind: Kind::Directory,
+                name: ".".into(),
+            });
+        }
+        if offset < 2 {
+            out.push(DirEntry {
+                ino: ROOT_INO,
+                offset: 2,
+                kind: Kind::Directory,
+                name: "..".into(),
+            });
+        }
+        loop {
+            let cursor = {
+                let mut st = self.state();
+                let dir = st
+                    .dirs
+                    .get_mut(&fh)
+                    .ok_or_else(|| err!(EBADF, Error, "directory handle {fh} is not open"))?;
+                let first = dir.page.first().map_or(dir.last_offset + 1, |(o, _)| *o);
+                if offset + 1 < first && offset >= 2 {
+                    // A seek backwards (rare: telldir/seekdir): list again from the start.
+                    *dir = DirHandle {
+                        cursor: Some(0),
+                        last_offset: 2,
+                        ..DirHandle::default()
+                    };
+                } else if offset < 2 && dir.last_offset > 2 && first > 3 {
+                    *dir = DirHandle {
+                        cursor: Some(0),
+                        last_offset: 2,
+                        ..DirHandle::default()
+                    };
+                }
+                dir.page.retain(|(o, _)| *o > offset);
+                if !dir.page.is_empty() {
+                    let page: Vec<(u64, SessionName)> = dir.page.clone();
+                    for (o, name) in page {
+                        let ino = st
+                            .by_name
+                            .get(&name)
+                            .copied()
+                            .unwrap_or_else(|| hash_ino(&name));
+                        out.push(DirEntry {
+                            ino,
+                            offset: o,
+                            kind: Kind::File,
+                            name: name.as_str().to_string(),
+                        });
+                    }
+                    return Ok(out);
+                }
+                match dir.cursor {
+                    None => return Ok(out),
+                    Some(c) => c,
+                }
+            };
+            let (next, names) = self
+                .store
+                .list(cursor)
+                .await
+                .map_err(|e| Error::store(&"listing the session directory", e))?;
+            let mut st = self.state();
+            let dir = st
+                .dirs
+                .get_mut(&fh)
+                .ok_or_else(|| err!(EBADF, Error, "directory handle {fh} is not open"))?;
+            for name in names {
+                dir.last_offset += 1;
+                dir.page.push((dir.last_offset, name));
+            }
+            dir.cursor = (next != 0).then_some(next);
+        }
+    }
+
+    /// Refusals for what a session directory does not hold, each logged by the edge.
+    pub fn unsupported(&self, what: &str, name: &[u8]) -> Error {
+        let errno = match what {
+            "xattr" => libc::ENOTSUP,
+            "rename" => libc::EXDEV,
+            _ => libc::EPERM,
+        };
+        Error::new(
+            errno,
+            error::Level::Warn,
+            format!(
+                "{}: {what} is not supported in a session directory",
+                shown(name)
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

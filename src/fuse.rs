@@ -1,0 +1,524 @@
+//! Links fuser's callbacks to `fs`. No decision lives here: each callback converts its
+//! arguments, calls `fs`, and replies; a failure is logged once, with the operation, the
+//! request id and the cause `fs` gave, and answered with the errno `fs` chose.
+//!
+//! Calls that may wait for the store run as tasks on the tokio runtime with the reply moved
+//! into them, so a slow store never holds up the fuser loop; calls served from this server's
+//! memory (read, write, fstat) answer inline, because handing them to another thread costs
+//! more than they do (fuse-facts.md 12).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags as FuseOpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::Instrument;
+
+use crate::fs::error::Level;
+use crate::fs::{Attr, Caller, Error, Fs, Kind, OpenFlags, SetAttr, SetTime};
+use crate::store::Store;
+
+/// Attributes and entries are not cached by the kernel: every stat and open comes here, so
+/// what another server wrote is seen (close-to-open).
+const TTL: Duration = Duration::ZERO;
+
+pub struct FuseFs<S: Store> {
+    fs: Arc<Fs<S>>,
+    rt: tokio::runtime::Handle,
+}
+
+impl<S: Store> FuseFs<S> {
+    pub fn new(fs: Arc<Fs<S>>, rt: tokio::runtime::Handle) -> FuseFs<S> {
+        FuseFs { fs, rt }
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let kind = match a.kind {
+        Kind::Directory => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind,
+        perm: a.mode as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// Logs a failed request once, at the level its cause deserves.
+fn report(op: &str, req: u64, e: &Error) -> Errno {
+    match e.level {
+        Level::Debug => tracing::debug!(op, req, "{e}"),
+        Level::Warn => tracing::warn!(op, req, "{e}"),
+        Level::Error => tracing::error!(op, req, "{e}"),
+    }
+    Errno::from_i32(e.errno)
+}
+
+/// Every open file is answered with direct I/O: reads and writes come to this daemon, so the
+/// kernel never serves a page that another server has since replaced.
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    }
+}
+
+impl<S: Store> FuseFs<S> {
+    fn spawn<F>(&self, op: &'static str, req: &Request, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let span = tracing::debug_span!("fuse", op, req = req.unique().0);
+        self.rt.spawn(fut.instrument(span));
+    }
+}
+
+impl<S: Store> Filesystem for FuseFs<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC arrives with open instead of as a separate truncate: one store write at close
+        // instead of two.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::debug!("kernel lacks {missing:?}; O_TRUNC becomes a truncate");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let name = name.as_bytes().to_vec();
+        let id = req.unique().0;
+        self.spawn("lookup", req, async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(report("lookup", id, &e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let id = req.unique().0;
+        if let Some(fh) = fh {
+            match self.fs.getattr_open(fh.0) {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(report("getattr", id, &e)),
+            }
+            return;
+        }
+        let fs = self.fs.clone();
+        self.spawn("getattr", req, async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(report("getattr", id, &e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            size,
+            mode,
+            uid,
+            gid,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        let fs = self.fs.clone();
+        let who = caller(req);
+        let id = req.unique().0;
+        self.spawn("setattr", req, async move {
+            match fs.setattr(ino.0, fh.map(|f| f.0), set, who).await {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(report("setattr", id, &e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let id = req.unique().0;
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            let e = self
+                .fs
+                .unsupported("a device node, fifo or socket", name.as_bytes());
+            reply.error(report("mknod", id, &e));
+            return;
+        }
+        let fs = self.fs.clone();
+        let name = name.as_bytes().to_vec();
+        let who = caller(req);
+        self.spawn("mknod", req, async move {
+            let flags = OpenFlags {
+                create: true,
+                exclusive: true,
+                ..OpenFlags::default()
+            };
+            match fs.create(parent.0, &name, mode & !umask, flags, who).await {
+                Ok((a, fh)) => {
+                    let released = fs.release(fh).await;
+                    match released {
+                        Ok(()) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                        Err(e) => reply.error(report("mknod", id, &e)),
+                    }
+                }
+                Err(e) => reply.error(report("mknod", id, &e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let e = self.fs.unsupported("a subdirectory", name.as_bytes());
+        reply.error(report("mkdir", req.unique().0, &e));
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.as_bytes().to_vec();
+        let id = req.unique().0;
+        self.spawn("unlink", req, async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(report("unlink", id, &e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, req: &Request, _parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let e = self.fs.unsupported("a subdirectory", name.as_bytes());
+        reply.error(report("rmdir", req.unique().0, &e));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        _parent: INodeNo,
+        link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let e = self.fs.unsupported("a symbolic link", link_name.as_bytes());
+        reply.error(report("symlink", req.unique().0, &e));
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        // EXDEV makes mv(1) fall back to copy and unlink, which this directory supports.
+        let e = self.fs.unsupported("rename", name.as_bytes());
+        reply.error(report("rename", req.unique().0, &e));
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let e = self.fs.unsupported("a hard link", newname.as_bytes());
+        reply.error(report("link", req.unique().0, &e));
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        let who = caller(req);
+        let id = req.unique().0;
+        let flags = OpenFlags::from_raw(flags.0);
+        self.spawn("open", req, async move {
+            match fs.open(ino.0, flags, who).await {
+                Ok(fh) => reply.opened(FileHandle(fh), OPEN_FLAGS),
+                Err(e) => reply.error(report("open", id, &e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(report("read", req.unique().0, &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(report("write", req.unique().0, &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let id = req.unique().0;
+        self.spawn("flush", req, async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(report("flush", id, &e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let id = req.unique().0;
+        self.spawn("release", req, async move {
+            match fs.release(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(report("release", id, &e)),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let id = req.unique().0;
+        self.spawn("fsync", req, async move {
+            match fs.fsync(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(report("fsync", id, &e)),
+            }
+        });
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(report("opendir", req.unique().0, &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = self.fs.clone();
+        let id = req.unique().0;
+        self.spawn("readdir", req, async move {
+            match fs.readdir(fh.0, offset).await {
+                Ok(entries) => {
+                    for e in entries {
+                        let kind = match e.kind {
+                            Kind::Directory => FileType::Directory,
+                            Kind::File => FileType::RegularFile,
+                        };
+                        if reply.add(INodeNo(e.ino), e.offset, kind, &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(report("readdir", id, &e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: FuseOpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Redis has no fixed capacity to report; df shows an empty filesystem.
+        reply.statfs(0, 0, 0, 0, 0, 4096, crate::keys::NAME_MAX as u32, 4096);
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let e = self.fs.unsupported("xattr", name.as_bytes());
+        reply.error(report("setxattr", req.unique().0, &e));
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        // ls asks for ACLs and SELinux labels on every file: a quiet "none" is the answer.
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn removexattr(&self, req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let e = self.fs.unsupported("xattr", name.as_bytes());
+        reply.error(report("removexattr", req.unique().0, &e));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions) or not made at all.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let fs = self.fs.clone();
+        let name = name.as_bytes().to_vec();
+        let who = caller(req);
+        let id = req.unique().0;
+        let flags = OpenFlags::from_raw(flags);
+        self.spawn("create", req, async move {
+            match fs.create(parent.0, &name, mode & !umask, flags, who).await {
+                Ok((a, fh)) => reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    OPEN_FLAGS,
+                ),
+                Err(e) => reply.error(report("create", id, &e)),
+            }
+        });
+    }
+}

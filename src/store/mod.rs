@@ -1,0 +1,341 @@
+//! The session store: what sessfs asks of Redis, as a trait.
+//!
+//! `fs` is generic over [`Store`] so the whole PHP contract can be tested against
+//! [`memory::MemoryStore`] without a server; [`redis::RedisStore`] is the real thing, and later
+//! Sentinel and Cluster stores implement the same trait. Every operation is one round trip and
+//! atomic on the server (a Lua script in Redis), so no reader ever sees a session half written.
+//!
+//! Versions: every content write stores a fresh random `version`, and every creation a fresh
+//! random `incarnation`. A cached copy is current when its version is still the stored one; a
+//! write names the incarnation it opened, so a file deleted (and maybe recreated) by another
+//! server is never resurrected by a late write, as on a local filesystem after unlink.
+//! Writes by phpredis leave sessfs' metadata behind; such a session is "foreign" (detected
+//! because the data key's expiry no longer matches the one sessfs recorded) and is always sent
+//! whole, never validated from a cache.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::keys::SessionName;
+
+/// Nanoseconds since the Unix epoch.
+pub type Nanos = i64;
+
+pub fn now_nanos() -> Nanos {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as Nanos)
+        .unwrap_or(0)
+}
+
+/// What `stat` shows of a session besides its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits (0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Nanos,
+    pub ctime: Nanos,
+}
+
+/// A session's state in the store, without its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub size: u64,
+    pub meta: Meta,
+    /// None for a foreign session (last written by another handler): it never validates.
+    pub version: Option<u64>,
+    /// None for a session sessfs has never written.
+    pub incarnation: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub stat: Stat,
+    pub data: Arc<Vec<u8>>,
+}
+
+/// The answer to "is my copy of version V still current?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    Missing,
+    /// The copy is current; here is the rest of the state.
+    Same(Stat),
+    Changed(Record),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    Created(Stat),
+    /// The name was taken (by another server, or a moment ago): open that session instead.
+    Exists(Record),
+    /// The name was taken and the caller asked for O_EXCL.
+    ExistsExclusive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Done(Stat),
+    /// The session was deleted, expired, or deleted and created anew since it was opened: the
+    /// write is not applied, as a write to an unlinked file does not come back under its name.
+    Gone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unreachable: {0}")]
+    Unavailable(String),
+    #[error("unexpected data at key {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("store refused the request: {0}")]
+    Refused(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Defaults for what a foreign session (no sessfs metadata) shows.
+#[derive(Debug, Clone, Copy)]
+pub struct ForeignDefaults {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Options every store implementation needs.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Session lifetime: the TTL set by every write and touch.
+    pub ttl: Duration,
+    pub foreign: ForeignDefaults,
+}
+
+/// The operations `fs` needs, each one round trip.
+pub trait Store: Send + Sync + 'static {
+    /// Size and metadata, without content.
+    fn stat(&self, name: &SessionName) -> impl Future<Output = Result<Option<Stat>>> + Send;
+
+    /// The content unless `known` is still the stored version.
+    fn load(
+        &self,
+        name: &SessionName,
+        known: Option<u64>,
+    ) -> impl Future<Output = Result<Loaded>> + Send;
+
+    /// Creates an empty session, or reports the one already there.
+    fn create(
+        &self,
+        name: &SessionName,
+        meta: &Meta,
+        exclusive: bool,
+    ) -> impl Future<Output = Result<Created>> + Send;
+
+    /// Replaces the content and metadata and refreshes the TTL, if the session is still the
+    /// incarnation `expect` (None: whatever is there, for sessions opened as foreign).
+    fn write(
+        &self,
+        name: &SessionName,
+        expect: Option<u64>,
+        data: &[u8],
+        meta: &Meta,
+    ) -> impl Future<Output = Result<Written>> + Send;
+
+    /// Replaces the metadata (times, mode, owner) and refreshes the TTL; content unchanged.
+    fn update_meta(
+        &self,
+        name: &SessionName,
+        expect: Option<u64>,
+        meta: &Meta,
+    ) -> impl Future<Output = Result<Written>> + Send;
+
+    /// Deletes the session; false if it did not exist.
+    fn remove(&self, name: &SessionName) -> impl Future<Output = Result<bool>> + Send;
+
+    /// One page of the listing. Cursor 0 starts; a returned cursor of 0 means the end.
+    /// A name may be listed twice (Redis SCAN's guarantee); each live session at least once.
+    fn list(&self, cursor: u64) -> impl Future<Output = Result<(u64, Vec<SessionName>)>> + Send;
+
+    /// Checks that the store answers (at mount time).
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A fresh random 64-bit token for versions and incarnations. Never 0, so 0 can mean "none" on
+/// the wire.
+pub fn fresh_token() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    fn seed() -> u64 {
+        let mut buf = [0u8; 8];
+        // SAFETY: buf is a valid, writable 8-byte buffer for the duration of the call.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let random = if n == 8 { u64::from_ne_bytes(buf) } else { 0 };
+        random ^ (now_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)
+    }
+    STATE.with(|s| {
+        // splitmix64: a full-period generator; seeded randomly per thread.
+        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let t = z ^ (z >> 31);
+        if t == 0 { 1 } else { t }
+    })
+}
+
+/// The stored form of a session's state as both stores produce it: the data key's length and
+/// absolute expiry, and the metadata hash's fields (v, i, mode, uid, gid, mt, ct, x), each
+/// possibly absent. Decoding lives here once so both stores treat foreign sessions alike.
+#[derive(Debug, Clone, Default)]
+pub struct RawStat {
+    pub size: u64,
+    /// Absolute expiry of the data key in ms, -1 when it has none.
+    pub expire_at_ms: i64,
+    pub fields: [Option<Vec<u8>>; 8],
+}
+
+pub const META_FIELDS: [&str; 8] = ["v", "i", "mode", "uid", "gid", "mt", "ct", "x"];
+
+impl RawStat {
+    pub fn decode(&self, key: &str, opts: &StoreOptions) -> Result<Stat> {
+        let num = |idx: usize| -> Result<Option<i64>> {
+            match &self.fields[idx] {
+                None => Ok(None),
+                Some(raw) => std::str::from_utf8(raw)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .map(Some)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: key.to_string(),
+                        detail: format!(
+                            "metadata field {} is not a number: {:?}",
+                            META_FIELDS[idx],
+                            String::from_utf8_lossy(raw)
+                        ),
+                    }),
+            }
+        };
+        let recorded_expiry = num(7)?;
+        let foreign = recorded_expiry != Some(self.expire_at_ms) || self.expire_at_ms < 0;
+        // A foreign write refreshed the TTL at write time: that is its mtime.
+        let ttl_ms = opts.ttl.as_millis() as i64;
+        let derived_mtime = if self.expire_at_ms > 0 {
+            (self.expire_at_ms - ttl_ms).saturating_mul(1_000_000)
+        } else {
+            now_nanos()
+        };
+        let as_u32 = |v: Option<i64>, default: u32| -> u32 {
+            v.and_then(|n| u32::try_from(n).ok()).unwrap_or(default)
+        };
+        let meta = Meta {
+            mode: as_u32(num(2)?, opts.foreign.mode) & 0o7777,
+            uid: as_u32(num(3)?, opts.foreign.uid),
+            gid: as_u32(num(4)?, opts.foreign.gid),
+            mtime: if foreign {
+                derived_mtime
+            } else {
+                num(5)?.unwrap_or(derived_mtime)
+            },
+            ctime: if foreign {
+                derived_mtime
+            } else {
+                num(6)?.unwrap_or(derived_mtime)
+            },
+        };
+        let token = |v: Option<i64>| v.map(|n| n as u64).filter(|&n| n != 0);
+        Ok(Stat {
+            size: self.size,
+            meta,
+            version: if foreign { None } else { token(num(0)?) },
+            incarnation: token(num(1)?),
+        })
+    }
+}
+
+/// Renders a token as Redis stores it (a decimal i64, so Lua's numbers never see it).
+pub fn token_arg(t: Option<u64>) -> String {
+    match t {
+        Some(t) => (t as i64).to_string(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> StoreOptions {
+        StoreOptions {
+            ttl: Duration::from_secs(100),
+            foreign: ForeignDefaults {
+                mode: 0o600,
+                uid: 33,
+                gid: 33,
+            },
+        }
+    }
+
+    fn field(s: &str) -> Option<Vec<u8>> {
+        Some(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn own_metadata_is_used_when_expiry_matches() {
+        let raw = RawStat {
+            size: 3,
+            expire_at_ms: 5_000_000,
+            fields: [
+                field("7"),
+                field("9"),
+                field("416"),
+                field("0"),
+                field("0"),
+                field("11"),
+                field("12"),
+                field("5000000"),
+            ],
+        };
+        let st = raw.decode("k", &opts()).unwrap();
+        assert_eq!(st.version, Some(7));
+        assert_eq!(st.incarnation, Some(9));
+        assert_eq!(st.meta.mode, 0o640);
+        assert_eq!(st.meta.uid, 0);
+        assert_eq!((st.meta.mtime, st.meta.ctime), (11, 12));
+    }
+
+    #[test]
+    fn a_foreign_write_never_validates() {
+        let mut raw = RawStat {
+            size: 3,
+            expire_at_ms: 6_000_000,
+            fields: Default::default(),
+        };
+        raw.fields[0] = field("7");
+        raw.fields[7] = field("5000000");
+        let st = raw.decode("k", &opts()).unwrap();
+        assert_eq!(st.version, None);
+        assert_eq!(st.meta.mtime, (6_000_000 - 100_000) * 1_000_000);
+        assert_eq!(st.meta.uid, 33);
+    }
+
+    #[test]
+    fn garbage_metadata_is_an_error_naming_the_key() {
+        let mut raw = RawStat::default();
+        raw.fields[3] = field("root");
+        let err = raw.decode("the:key", &opts()).unwrap_err();
+        assert!(err.to_string().contains("the:key"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_never_zero_and_differ() {
+        let a = fresh_token();
+        let b = fresh_token();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+    }
+}
