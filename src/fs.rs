@@ -797,7 +797,8 @@ impl<S: Store> Fs<S> {
                     }
                     _ => None,
                 };
-                // Changes that never reached the store are lost now: say so once, loudly.
+                // Changes that never reached the store are lost now; the error `sent` carries
+                // is logged by the edge with the session's name.
                 if inode.is_dirty() {
                     inode.flushed = inode.dirty;
                 }
@@ -848,12 +849,9 @@ impl<S: Store> Fs<S> {
         let result = self.apply_setattr(ino, set, caller).await;
         if let Some(tfh) = temp_fh {
             // The temporary handle's release sends the truncation.
-            let released = self.release(tfh).await;
-            result.as_ref().ok();
-            released?;
+            self.release(tfh).await?;
         }
-        let attr = result?;
-        Ok(attr)
+        result
     }
 
     async fn apply_setattr(&self, ino: u64, set: SetAttr, caller: Caller) -> Result<Attr> {

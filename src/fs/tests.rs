@@ -1,1 +1,540 @@
+//! The PHP files-handler contract against the in-memory store: two `Fs` sharing one store
+//! stand in for two web servers.
 
+use std::time::Duration;
+
+use super::*;
+use crate::store::memory::MemoryStore;
+use crate::store::{ForeignDefaults, StoreOptions};
+
+const ROOT: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    pid: 1,
+};
+const WWW: Caller = Caller {
+    uid: 33,
+    gid: 33,
+    pid: 2,
+};
+
+fn store() -> MemoryStore {
+    MemoryStore::new(StoreOptions {
+        ttl: Duration::from_secs(100),
+        foreign: ForeignDefaults {
+            mode: 0o600,
+            uid: 33,
+            gid: 33,
+        },
+    })
+}
+
+fn mount(store: &MemoryStore) -> Fs<MemoryStore> {
+    Fs::new(
+        store.clone(),
+        FsConfig {
+            max_size: 1000,
+            cache_size: 1 << 20,
+            dir_mode: 0o1733,
+            dir_uid: 0,
+            dir_gid: 0,
+        },
+    )
+}
+
+fn create_flags() -> OpenFlags {
+    OpenFlags {
+        create: true,
+        ..OpenFlags::default()
+    }
+}
+
+fn name(s: &str) -> SessionName {
+    SessionName::parse(s.as_bytes()).unwrap()
+}
+
+/// What PHP's files handler does for one request that writes `data` (open O_CREAT, fstat,
+/// read, ftruncate(0), pwrite, close); returns what it read.
+async fn php_request(fs: &Fs<MemoryStore>, id: &str, data: Option<&[u8]>) -> Vec<u8> {
+    let (ino, fh) = match fs.lookup(ROOT_INO, id.as_bytes()).await {
+        Ok(a) => (a.ino, fs.open(a.ino, create_flags(), WWW).await.unwrap()),
+        Err(e) => {
+            assert_eq!(e.errno, libc::ENOENT);
+            let (a, fh) = fs
+                .create(ROOT_INO, id.as_bytes(), 0o600, create_flags(), WWW)
+                .await
+                .unwrap();
+            (a.ino, fh)
+        }
+    };
+    let attr = fs.getattr_open(fh).unwrap();
+    assert_eq!(attr.ino, ino);
+    let read = fs.read(fh, 0, attr.size as u32).unwrap();
+    assert_eq!(read.len() as u64, attr.size);
+    match data {
+        Some(d) => {
+            fs.setattr(
+                ino,
+                Some(fh),
+                SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+                WWW,
+            )
+            .await
+            .unwrap();
+            assert_eq!(fs.write(fh, 0, d).unwrap() as usize, d.len());
+        }
+        None => {
+            fs.setattr(
+                ino,
+                None,
+                SetAttr {
+                    atime: Some(SetTime::Now),
+                    mtime: Some(SetTime::Now),
+                    ..SetAttr::default()
+                },
+                WWW,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+    fs.forget(ino, 1);
+    read
+}
+
+#[tokio::test]
+async fn what_one_server_closed_the_other_reads_at_open() {
+    let s = store();
+    let (a, b) = (mount(&s), mount(&s));
+    assert_eq!(php_request(&a, "sess_x", Some(b"n|i:1;")).await, b"");
+    assert_eq!(php_request(&b, "sess_x", Some(b"n|i:2;")).await, b"n|i:1;");
+    assert_eq!(php_request(&a, "sess_x", Some(b"n|i:3;")).await, b"n|i:2;");
+    assert_eq!(php_request(&b, "sess_x", None).await, b"n|i:3;");
+    assert_eq!(s.raw(&name("sess_x")).unwrap(), b"n|i:3;");
+}
+
+#[tokio::test]
+async fn nothing_reaches_the_store_before_close() {
+    let s = store();
+    let a = mount(&s);
+    let (attr, fh) = a
+        .create(ROOT_INO, b"sess_y", 0o600, create_flags(), WWW)
+        .await
+        .unwrap();
+    a.write(fh, 0, b"first").unwrap();
+    a.setattr(
+        attr.ino,
+        Some(fh),
+        SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        },
+        WWW,
+    )
+    .await
+    .unwrap();
+    a.write(fh, 0, b"second").unwrap();
+    assert_eq!(s.raw(&name("sess_y")).unwrap(), b"", "only the empty creation is visible");
+    a.flush(fh).await.unwrap();
+    assert_eq!(s.raw(&name("sess_y")).unwrap(), b"second");
+    a.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unchanged_copy_is_validated_not_sent_again() {
+    let s = store();
+    let (a, b) = (mount(&s), mount(&s));
+    php_request(&a, "sess_c", Some(&[b'z'; 500])).await;
+    php_request(&b, "sess_c", None).await;
+    let before = s.round_trips();
+    // lookup + open(validate) + touch: three round trips, content served from b's cache.
+    assert_eq!(php_request(&b, "sess_c", None).await, vec![b'z'; 500]);
+    assert_eq!(s.round_trips() - before, 3);
+    // A change elsewhere is seen, cache or not.
+    php_request(&a, "sess_c", Some(b"new")).await;
+    assert_eq!(php_request(&b, "sess_c", None).await, b"new");
+}
+
+#[tokio::test]
+async fn a_phpredis_write_is_seen_despite_a_cached_copy() {
+    let s = store();
+    let a = mount(&s);
+    php_request(&a, "sess_f", Some(b"mine")).await;
+    // Same millisecond, other length.
+    s.foreign_write(&name("sess_f"), b"theirs");
+    assert_eq!(php_request(&a, "sess_f", Some(b"mine again")).await, b"theirs");
+    assert_eq!(s.raw(&name("sess_f")).unwrap(), b"mine again");
+    // Same length, a later millisecond.
+    s.advance(Duration::from_millis(5));
+    s.foreign_write(&name("sess_f"), b"THEIRS AGAIN");
+    assert_eq!(php_request(&a, "sess_f", None).await, b"THEIRS AGAIN");
+}
+
+#[tokio::test]
+async fn a_session_only_phpredis_wrote_shows_the_default_owner() {
+    let s = store();
+    let a = mount(&s);
+    s.foreign_write(&name("sess_p"), b"a|s:1:\"b\";");
+    let attr = a.lookup(ROOT_INO, b"sess_p").await.unwrap();
+    assert_eq!((attr.uid, attr.mode, attr.size), (33, 0o600, 10));
+    assert_eq!(php_request(&a, "sess_p", None).await, b"a|s:1:\"b\";");
+}
+
+#[tokio::test]
+async fn touch_refreshes_the_lifetime() {
+    let s = store();
+    let a = mount(&s);
+    php_request(&a, "sess_t", Some(b"data")).await;
+    s.advance(Duration::from_secs(90));
+    php_request(&a, "sess_t", None).await;
+    s.advance(Duration::from_secs(90));
+    assert_eq!(s.raw(&name("sess_t")).unwrap(), b"data", "touch kept it alive");
+    s.advance(Duration::from_secs(11));
+    assert!(s.raw(&name("sess_t")).is_none(), "expired 100 s after the touch");
+    let e = a.lookup(ROOT_INO, b"sess_t").await.unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT);
+}
+
+#[tokio::test]
+async fn touch_moves_mtime_and_ctime() {
+    let s = store();
+    let (a, b) = (mount(&s), mount(&s));
+    php_request(&a, "sess_m", Some(b"d")).await;
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let attr = a.lookup(ROOT_INO, b"sess_m").await.unwrap();
+    a.setattr(
+        attr.ino,
+        None,
+        SetAttr {
+            mtime: Some(SetTime::At(t)),
+            atime: Some(SetTime::At(t)),
+            ..SetAttr::default()
+        },
+        WWW,
+    )
+    .await
+    .unwrap();
+    let seen = b.lookup(ROOT_INO, b"sess_m").await.unwrap();
+    assert_eq!(seen.mtime, t);
+    assert!(seen.ctime > t, "ctime is the time of the change");
+}
+
+#[tokio::test]
+async fn exclusive_create_truncate_and_append() {
+    let s = store();
+    let a = mount(&s);
+    php_request(&a, "sess_e", Some(b"12345")).await;
+    let excl = OpenFlags {
+        create: true,
+        exclusive: true,
+        ..OpenFlags::default()
+    };
+    let e = a
+        .create(ROOT_INO, b"sess_e", 0o600, excl, WWW)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EEXIST);
+
+    let ino = a.lookup(ROOT_INO, b"sess_e").await.unwrap().ino;
+    let append = OpenFlags {
+        append: true,
+        ..OpenFlags::default()
+    };
+    let fh = a.open(ino, append, WWW).await.unwrap();
+    a.write(fh, 0, b"67").unwrap();
+    a.release(fh).await.unwrap();
+    assert_eq!(s.raw(&name("sess_e")).unwrap(), b"1234567");
+
+    let trunc = OpenFlags {
+        truncate: true,
+        ..OpenFlags::default()
+    };
+    let fh = a.open(ino, trunc, WWW).await.unwrap();
+    assert_eq!(a.getattr_open(fh).unwrap().size, 0);
+    a.flush(fh).await.unwrap();
+    a.release(fh).await.unwrap();
+    assert_eq!(s.raw(&name("sess_e")).unwrap(), b"");
+}
+
+#[tokio::test]
+async fn reads_past_the_end_and_sparse_writes() {
+    let s = store();
+    let a = mount(&s);
+    let (_, fh) = a
+        .create(ROOT_INO, b"sess_r", 0o600, create_flags(), WWW)
+        .await
+        .unwrap();
+    a.write(fh, 4, b"x").unwrap();
+    assert_eq!(a.read(fh, 0, 100).unwrap(), b"\0\0\0\0x");
+    assert_eq!(a.read(fh, 5, 100).unwrap(), b"");
+    assert_eq!(a.read(fh, 1000, 10).unwrap(), b"");
+    a.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_session_larger_than_max_size_is_refused_whole() {
+    let s = store();
+    let a = mount(&s);
+    let (attr, fh) = a
+        .create(ROOT_INO, b"sess_big", 0o600, create_flags(), WWW)
+        .await
+        .unwrap();
+    a.write(fh, 0, b"ok").unwrap();
+    let e = a.write(fh, 0, &[0u8; 1001]).unwrap_err();
+    assert_eq!(e.errno, libc::EFBIG);
+    assert!(e.message.contains("sess_big") && e.message.contains("max_size"));
+    let e = a
+        .setattr(
+            attr.ino,
+            Some(fh),
+            SetAttr {
+                size: Some(5000),
+                ..SetAttr::default()
+            },
+            WWW,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EFBIG);
+    a.flush(fh).await.unwrap();
+    a.release(fh).await.unwrap();
+    assert_eq!(s.raw(&name("sess_big")).unwrap(), b"ok");
+}
+
+#[tokio::test]
+async fn unlink_of_an_open_file_keeps_the_handle_and_the_name_gone() {
+    let s = store();
+    let a = mount(&s);
+    php_request(&a, "sess_u", Some(b"old")).await;
+    let ino = a.lookup(ROOT_INO, b"sess_u").await.unwrap().ino;
+    let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    a.unlink(ROOT_INO, b"sess_u").await.unwrap();
+    assert_eq!(a.read(fh, 0, 10).unwrap(), b"old");
+    a.write(fh, 0, b"ghost").unwrap();
+    assert_eq!(a.getattr_open(fh).unwrap().nlink, 0);
+    a.flush(fh).await.unwrap();
+    a.release(fh).await.unwrap();
+    assert!(s.raw(&name("sess_u")).is_none(), "a write to an unlinked file stays gone");
+    let e = a.unlink(ROOT_INO, b"sess_u").await.unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT);
+}
+
+#[tokio::test]
+async fn a_delete_on_another_server_is_not_undone_by_a_late_write() {
+    let s = store();
+    let (a, b) = (mount(&s), mount(&s));
+    php_request(&a, "sess_d", Some(b"logged in")).await;
+    let ino = a.lookup(ROOT_INO, b"sess_d").await.unwrap().ino;
+    let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    b.unlink(ROOT_INO, b"sess_d").await.unwrap();
+    a.write(fh, 0, b"still logged in").unwrap();
+    a.flush(fh).await.unwrap();
+    a.release(fh).await.unwrap();
+    assert!(s.raw(&name("sess_d")).is_none(), "logout on b holds");
+    // ... and a new session under the same name is not overwritten by an old handle either.
+    let fh = {
+        php_request(&a, "sess_d", Some(b"v1")).await;
+        let ino = a.lookup(ROOT_INO, b"sess_d").await.unwrap().ino;
+        a.open(ino, OpenFlags::default(), WWW).await.unwrap()
+    };
+    b.unlink(ROOT_INO, b"sess_d").await.unwrap();
+    php_request(&b, "sess_d", Some(b"fresh")).await;
+    a.write(fh, 0, b"stale").unwrap();
+    a.flush(fh).await.unwrap();
+    a.release(fh).await.unwrap();
+    assert_eq!(s.raw(&name("sess_d")).unwrap(), b"fresh");
+}
+
+#[tokio::test]
+async fn processes_of_one_server_see_each_others_writes() {
+    let s = store();
+    let a = mount(&s);
+    php_request(&a, "sess_l", Some(b"v1")).await;
+    let ino = a.lookup(ROOT_INO, b"sess_l").await.unwrap().ino;
+    let f1 = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    let f2 = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    a.write(f1, 0, b"v2").unwrap();
+    assert_eq!(a.read(f2, 0, 10).unwrap(), b"v2");
+    a.flush(f1).await.unwrap();
+    a.release(f1).await.unwrap();
+    // A third open while f2 is still open validates against the store and sees v2.
+    let f3 = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    assert_eq!(a.read(f3, 0, 10).unwrap(), b"v2");
+    a.release(f2).await.unwrap();
+    a.release(f3).await.unwrap();
+}
+
+#[tokio::test]
+async fn store_outage_is_eio_then_recovers_without_losing_the_write() {
+    let s = store();
+    let a = mount(&s);
+    php_request(&a, "sess_o", Some(b"before")).await;
+    let ino = a.lookup(ROOT_INO, b"sess_o").await.unwrap().ino;
+    let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    a.write(fh, 0, b"during").unwrap();
+    s.set_down(true);
+    let e = a.flush(fh).await.unwrap_err();
+    assert_eq!(e.errno, libc::EIO);
+    assert!(e.message.contains("sess_o"), "{}", e.message);
+    let e = a.lookup(ROOT_INO, b"sess_other").await.unwrap_err();
+    assert_eq!(e.errno, libc::EIO);
+    s.set_down(false);
+    // The release retries what the flush could not send.
+    a.release(fh).await.unwrap();
+    assert_eq!(s.raw(&name("sess_o")).unwrap(), b"during");
+    assert_eq!(php_request(&a, "sess_o", None).await, b"during");
+}
+
+#[tokio::test]
+async fn readdir_lists_every_session_once_across_pages() {
+    let s = store();
+    let a = mount(&s);
+    let mut want = Vec::new();
+    for i in 0..7 {
+        let id = format!("sess_{i:03}");
+        php_request(&a, &id, Some(b"x")).await;
+        want.push(id);
+    }
+    php_request(&a, "laravelstyle", Some(b"x")).await;
+    want.push("laravelstyle".into());
+    want.sort();
+    let fh = a.opendir(ROOT_INO).unwrap();
+    let mut got = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = a.readdir(fh, offset).await.unwrap();
+        let Some(last) = page.last() else { break };
+        offset = last.offset;
+        // Like the kernel, take only part of each answer sometimes.
+        for e in page.into_iter().take(3) {
+            offset = e.offset;
+            got.push(e.name);
+        }
+    }
+    a.releasedir(fh);
+    assert_eq!(&got[..2], &[".".to_string(), "..".to_string()]);
+    let mut files: Vec<String> = got[2..].to_vec();
+    files.sort();
+    assert_eq!(files, want);
+    // The numbers readdir reports are the ones lookup gives.
+    let fh = a.opendir(ROOT_INO).unwrap();
+    let page = a.readdir(fh, 2).await.unwrap();
+    let first = &page[0];
+    let attr = a.lookup(ROOT_INO, first.name.as_bytes()).await.unwrap();
+    assert_eq!(attr.ino, first.ino);
+    // Rewinding lists from the start again.
+    let again = a.readdir(fh, 0).await.unwrap();
+    assert_eq!(again[0].name, ".");
+    a.releasedir(fh);
+}
+
+#[tokio::test]
+async fn names_outside_the_charset_are_refused_clearly() {
+    let s = store();
+    let a = mount(&s);
+    for bad in [&b"sess_a b"[..], b".hidden", b"sess_", "sess_é".as_bytes()] {
+        let e = a
+            .create(ROOT_INO, bad, 0o600, create_flags(), WWW)
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{}", String::from_utf8_lossy(bad));
+        assert_eq!(a.lookup(ROOT_INO, bad).await.unwrap_err().errno, libc::ENOENT);
+    }
+    let long = vec![b'a'; 256];
+    let e = a
+        .create(ROOT_INO, &long, 0o600, create_flags(), WWW)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::ENAMETOOLONG);
+}
+
+#[tokio::test]
+async fn owner_mode_and_permission_changes() {
+    let s = store();
+    let a = mount(&s);
+    let (attr, fh) = a
+        .create(ROOT_INO, b"sess_own", 0o644, create_flags(), WWW)
+        .await
+        .unwrap();
+    assert_eq!((attr.uid, attr.gid, attr.mode), (33, 33, 0o644));
+    a.release(fh).await.unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let other = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 3,
+    };
+    let e = a.setattr(attr.ino, None, chmod, other).await.unwrap_err();
+    assert_eq!(e.errno, libc::EPERM);
+    a.setattr(attr.ino, None, chmod, WWW).await.unwrap();
+    let chown = SetAttr {
+        uid: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        a.setattr(attr.ino, None, chown, WWW).await.unwrap_err().errno,
+        libc::EPERM
+    );
+    a.setattr(attr.ino, None, chown, ROOT).await.unwrap();
+    let b = mount(&s);
+    let seen = b.lookup(ROOT_INO, b"sess_own").await.unwrap();
+    assert_eq!((seen.uid, seen.mode), (0, 0o600));
+}
+
+#[tokio::test]
+async fn truncate_by_path_reaches_the_store_at_once() {
+    let s = store();
+    let a = mount(&s);
+    php_request(&a, "sess_tp", Some(b"abcdef")).await;
+    let ino = a.lookup(ROOT_INO, b"sess_tp").await.unwrap().ino;
+    let attr = a
+        .setattr(
+            ino,
+            None,
+            SetAttr {
+                size: Some(2),
+                ..SetAttr::default()
+            },
+            WWW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(attr.size, 2);
+    assert_eq!(s.raw(&name("sess_tp")).unwrap(), b"ab");
+}
+
+#[tokio::test]
+async fn open_with_o_creat_of_a_name_deleted_elsewhere_creates_it() {
+    let s = store();
+    let (a, b) = (mount(&s), mount(&s));
+    php_request(&a, "sess_z", Some(b"x")).await;
+    let ino = a.lookup(ROOT_INO, b"sess_z").await.unwrap().ino;
+    b.unlink(ROOT_INO, b"sess_z").await.unwrap();
+    let fh = a.open(ino, create_flags(), WWW).await.unwrap();
+    assert_eq!(a.getattr_open(fh).unwrap().size, 0);
+    a.release(fh).await.unwrap();
+    assert_eq!(s.raw(&name("sess_z")).unwrap(), b"");
+    let e = a.open(ino, OpenFlags::default(), WWW).await;
+    assert!(e.is_ok() || e.unwrap_err().errno == libc::ENOENT);
+}
+
+#[tokio::test]
+async fn forgotten_inodes_leave_no_trace() {
+    let s = store();
+    let a = mount(&s);
+    for i in 0..50 {
+        php_request(&a, &format!("sess_{i}"), Some(b"x")).await;
+    }
+    let st = a.state();
+    assert!(st.inodes.is_empty(), "{} inodes left", st.inodes.len());
+    assert!(st.by_name.is_empty());
+    assert!(st.handles.is_empty());
+}

@@ -18,7 +18,7 @@ struct Entry {
     data: Arc<Vec<u8>>,
     expire_at_ms: i64,
     /// The metadata hash; None when only a foreign handler ever wrote the session.
-    fields: Option<[Option<Vec<u8>>; 8]>,
+    fields: Option<[Option<Vec<u8>>; 9]>,
 }
 
 #[derive(Debug, Default)]
@@ -125,7 +125,13 @@ impl MemoryStore {
         .decode(name.as_str(), &self.opts)
     }
 
-    fn fields_for(meta: &Meta, version: u64, incarnation: u64, x: i64) -> [Option<Vec<u8>>; 8] {
+    fn fields_for(
+        meta: &Meta,
+        version: u64,
+        incarnation: u64,
+        x: i64,
+        len: usize,
+    ) -> [Option<Vec<u8>>; 9] {
         [
             field(version as i64),
             field(incarnation as i64),
@@ -135,6 +141,7 @@ impl MemoryStore {
             field(meta.mtime),
             field(meta.ctime),
             field(x),
+            field(len),
         ]
     }
 
@@ -185,7 +192,7 @@ impl Store for MemoryStore {
         let e = Entry {
             data: Arc::new(Vec::new()),
             expire_at_ms: x,
-            fields: Some(Self::fields_for(meta, fresh_token(), fresh_token(), x)),
+            fields: Some(Self::fields_for(meta, fresh_token(), fresh_token(), x, 0)),
         };
         let stat = self.stat_of(name, &e)?;
         entries.insert(name.clone(), e);
@@ -213,7 +220,13 @@ impl Store for MemoryStore {
         let x = now + self.opts.ttl.as_millis() as i64;
         e.data = Arc::new(data.to_vec());
         e.expire_at_ms = x;
-        e.fields = Some(Self::fields_for(meta, fresh_token(), incarnation, x));
+        e.fields = Some(Self::fields_for(
+            meta,
+            fresh_token(),
+            incarnation,
+            x,
+            e.data.len(),
+        ));
         let e = e.clone();
         Ok(Written::Done(self.stat_of(name, &e)?))
     }
@@ -239,7 +252,13 @@ impl Store for MemoryStore {
             None => (fresh_token(), fresh_token()),
         };
         e.expire_at_ms = x;
-        e.fields = Some(Self::fields_for(meta, version, incarnation, x));
+        e.fields = Some(Self::fields_for(
+            meta,
+            version,
+            incarnation,
+            x,
+            e.data.len(),
+        ));
         let e = e.clone();
         Ok(Written::Done(self.stat_of(name, &e)?))
     }
@@ -281,10 +300,11 @@ fn parse_token(f: &Option<Vec<u8>>) -> u64 {
 }
 
 fn self_stat_foreign(e: &Entry) -> bool {
-    let recorded = e
-        .fields
-        .as_ref()
-        .and_then(|f| f[7].as_ref())
-        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
-    recorded != Some(e.expire_at_ms)
+    let recorded = |i: usize| {
+        e.fields
+            .as_ref()
+            .and_then(|f| f[i].as_ref())
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+    };
+    recorded(7) != Some(e.expire_at_ms) || recorded(8) != Some(e.data.len() as i64)
 }

@@ -189,17 +189,19 @@ pub fn fresh_token() -> u64 {
 }
 
 /// The stored form of a session's state as both stores produce it: the data key's length and
-/// absolute expiry, and the metadata hash's fields (v, i, mode, uid, gid, mt, ct, x), each
-/// possibly absent. Decoding lives here once so both stores treat foreign sessions alike.
+/// absolute expiry, and the metadata hash's fields (v, i, mode, uid, gid, mt, ct, x, n), each
+/// possibly absent. `x` and `n` are the expiry and length sessfs last wrote: a phpredis write
+/// changes the expiry (unless it lands in the same millisecond) or the length (unless equal),
+/// so only a same-millisecond, same-length foreign write goes unnoticed. Decoding lives here once so both stores treat foreign sessions alike.
 #[derive(Debug, Clone, Default)]
 pub struct RawStat {
     pub size: u64,
     /// Absolute expiry of the data key in ms, -1 when it has none.
     pub expire_at_ms: i64,
-    pub fields: [Option<Vec<u8>>; 8],
+    pub fields: [Option<Vec<u8>>; 9],
 }
 
-pub const META_FIELDS: [&str; 8] = ["v", "i", "mode", "uid", "gid", "mt", "ct", "x"];
+pub const META_FIELDS: [&str; 9] = ["v", "i", "mode", "uid", "gid", "mt", "ct", "x", "n"];
 
 impl RawStat {
     pub fn decode(&self, key: &str, opts: &StoreOptions) -> Result<Stat> {
@@ -221,7 +223,10 @@ impl RawStat {
             }
         };
         let recorded_expiry = num(7)?;
-        let foreign = recorded_expiry != Some(self.expire_at_ms) || self.expire_at_ms < 0;
+        let recorded_len = num(8)?;
+        let foreign = recorded_expiry != Some(self.expire_at_ms)
+            || recorded_len != Some(self.size as i64)
+            || self.expire_at_ms < 0;
         // A foreign write refreshed the TTL at write time: that is its mtime.
         let ttl_ms = opts.ttl.as_millis() as i64;
         let derived_mtime = if self.expire_at_ms > 0 {
@@ -298,6 +303,7 @@ mod tests {
                 field("11"),
                 field("12"),
                 field("5000000"),
+                field("3"),
             ],
         };
         let st = raw.decode("k", &opts()).unwrap();
@@ -317,8 +323,12 @@ mod tests {
         };
         raw.fields[0] = field("7");
         raw.fields[7] = field("5000000");
+        raw.fields[8] = field("3");
         let st = raw.decode("k", &opts()).unwrap();
         assert_eq!(st.version, None);
+        raw.expire_at_ms = 5_000_000;
+        raw.size = 4;
+        assert_eq!(raw.decode("k", &opts()).unwrap().version, None, "length differs");
         assert_eq!(st.meta.mtime, (6_000_000 - 100_000) * 1_000_000);
         assert_eq!(st.meta.uid, 33);
     }

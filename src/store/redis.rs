@@ -20,11 +20,11 @@ use super::{
 };
 use crate::keys::{Keys, SessionKeys, SessionName};
 
-/// Returns the state of KEYS[1]/KEYS[2] as {strlen, expiry, v, i, mode, uid, gid, mt, ct, x}.
+/// Returns the state of KEYS[1]/KEYS[2] as {strlen, expiry, v, i, mode, uid, gid, mt, ct, x, n}.
 const STAT_FN: &str = r#"
 local function st(x)
-  local m = redis.call('HMGET', KEYS[2], 'v', 'i', 'mode', 'uid', 'gid', 'mt', 'ct', 'x')
-  return {redis.call('STRLEN', KEYS[1]), x, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]}
+  local m = redis.call('HMGET', KEYS[2], 'v', 'i', 'mode', 'uid', 'gid', 'mt', 'ct', 'x', 'n')
+  return {redis.call('STRLEN', KEYS[1]), x, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9]}
 end
 "#;
 
@@ -40,7 +40,8 @@ const LOAD: &str = r#"
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x == -2 then return false end
 local s = st(x)
-if ARGV[1] ~= '' and s[3] == ARGV[1] and s[10] and tonumber(s[10]) == x then
+if ARGV[1] ~= '' and s[3] == ARGV[1] and s[10] and tonumber(s[10]) == x
+   and s[11] and tonumber(s[11]) == s[1] then
   return {s}
 end
 return {s, redis.call('GET', KEYS[1])}
@@ -51,7 +52,7 @@ const PUT_META_FN: &str = r#"
 local function put_meta(v, i)
   local x = redis.call('PEXPIRETIME', KEYS[1])
   redis.call('HSET', KEYS[2], 'v', v, 'i', i, 'mode', ARGV[4], 'uid', ARGV[5], 'gid', ARGV[6],
-    'mt', ARGV[7], 'ct', ARGV[8], 'x', x)
+    'mt', ARGV[7], 'ct', ARGV[8], 'x', x, 'n', redis.call('STRLEN', KEYS[1]))
   redis.call('PEXPIREAT', KEYS[2], x)
   return st(x)
 end
@@ -88,7 +89,7 @@ return put_meta(ARGV[2], i)
 const UPDATE_META: &str = r#"
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x == -2 then return false end
-local m = redis.call('HMGET', KEYS[2], 'v', 'i', 'x')
+local m = redis.call('HMGET', KEYS[2], 'v', 'i', 'x', 'n')
 local i = m[2]
 if ARGV[1] ~= '' then
   if i ~= ARGV[1] then return false end
@@ -96,7 +97,10 @@ elseif not i then
   i = ARGV[3]
 end
 local v = m[1]
-if (not v) or (not m[3]) or tonumber(m[3]) ~= x then v = ARGV[2] end
+if (not v) or (not m[3]) or tonumber(m[3]) ~= x or (not m[4])
+   or tonumber(m[4]) ~= redis.call('STRLEN', KEYS[1]) then
+  v = ARGV[2]
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
 return put_meta(v, i)
 "#;
@@ -203,7 +207,7 @@ fn raw_stat(v: Value, key: &str) -> Result<RawStat> {
     let Value::Array(items) = v else {
         return Err(corrupt(key, format!("unexpected script reply {v:?}")));
     };
-    if items.len() != 10 {
+    if items.len() != 11 {
         return Err(corrupt(key, "unexpected script reply length"));
     }
     let mut it = items.into_iter();
