@@ -70,7 +70,7 @@ impl ContentCache {
         self.bytes
     }
 
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.lru.len()
     }
 }
@@ -97,7 +97,7 @@ mod tests {
             c.put(name(&format!("sess_{i:05}")), entry(1000));
             assert!(c.bytes() <= 3 * (1000 + 10 + ENTRY_OVERHEAD));
         }
-        assert_eq!(c.len(), 3);
+        assert_eq!(c.entries(), 3);
         assert!(c.get(&name("sess_00009")).is_some());
         assert!(c.get(&name("sess_00000")).is_none());
     }
@@ -106,7 +106,7 @@ mod tests {
     fn an_entry_larger_than_the_cache_is_not_kept() {
         let mut c = ContentCache::new(100);
         c.put(name("sess_a"), entry(1000));
-        assert_eq!(c.len(), 0);
+        assert_eq!(c.entries(), 0);
         assert_eq!(c.bytes(), 0);
     }
 

@@ -266,14 +266,12 @@ impl State {
             .inodes
             .get(&ino)
             .is_some_and(|i| i.lookups == 0 && i.open == 0);
-        if unused {
-            if let Some(inode) = self.inodes.remove(&ino) {
-                if let Some(name) = inode.name {
-                    if self.by_name.get(&name) == Some(&ino) {
-                        self.by_name.remove(&name);
-                    }
-                }
-            }
+        if unused
+            && let Some(inode) = self.inodes.remove(&ino)
+            && let Some(name) = inode.name
+            && self.by_name.get(&name) == Some(&ino)
+        {
+            self.by_name.remove(&name);
         }
     }
 }
@@ -386,13 +384,12 @@ impl<S: Store> Fs<S> {
         };
         {
             let mut st = self.state();
-            if let Some(&ino) = st.by_name.get(&name) {
-                if let Some(inode) = st.inodes.get_mut(&ino) {
-                    if inode.open > 0 {
-                        inode.lookups += 1;
-                        return Ok(Self::attr_of(ino, inode));
-                    }
-                }
+            if let Some(&ino) = st.by_name.get(&name)
+                && let Some(inode) = st.inodes.get_mut(&ino)
+                && inode.open > 0
+            {
+                inode.lookups += 1;
+                return Ok(Self::attr_of(ino, inode));
             }
         }
         let stat = self
@@ -460,13 +457,13 @@ impl<S: Store> Fs<S> {
     fn known_copy(&self, ino: u64, name: &SessionName) -> Option<Cached> {
         {
             let st = self.state();
-            if let Some(inode) = st.inodes.get(&ino) {
-                if let (Some(data), Some(version)) = (&inode.data, inode.version) {
-                    return Some(Cached {
-                        version,
-                        data: data.clone(),
-                    });
-                }
+            if let Some(inode) = st.inodes.get(&ino)
+                && let (Some(data), Some(version)) = (&inode.data, inode.version)
+            {
+                return Some(Cached {
+                    version,
+                    data: data.clone(),
+                });
             }
         }
         self.cache().get(name)
@@ -940,13 +937,13 @@ impl<S: Store> Fs<S> {
             let mut st = self.state();
             match written {
                 Written::Done(stat) => {
-                    if let Some(inode) = st.inodes.get_mut(&ino) {
-                        if !inode.is_dirty() {
-                            inode.incarnation = stat.incarnation;
-                            if inode.version != stat.version {
-                                // The store assigned a version to a foreign session's content.
-                                inode.version = stat.version.filter(|_| inode.data.is_none());
-                            }
+                    if let Some(inode) = st.inodes.get_mut(&ino)
+                        && !inode.is_dirty()
+                    {
+                        inode.incarnation = stat.incarnation;
+                        if inode.version != stat.version {
+                            // The store assigned a version to a foreign session's content.
+                            inode.version = stat.version.filter(|_| inode.data.is_none());
                         }
                     }
                 }

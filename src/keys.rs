@@ -52,10 +52,10 @@ impl SessionName {
         if name.is_empty() || name[0] == b'.' || !name.iter().all(|&b| is_portable_char(b)) {
             return Err(NameError::Invalid);
         }
-        if let Some(id) = name.strip_prefix(SESS.as_bytes()) {
-            if id.is_empty() || !id.iter().all(|&b| is_php_id_char(b)) {
-                return Err(NameError::Invalid);
-            }
+        if let Some(id) = name.strip_prefix(SESS.as_bytes())
+            && (id.is_empty() || !id.iter().all(|&b| is_php_id_char(b)))
+        {
+            return Err(NameError::Invalid);
         }
         // Every byte is ASCII, checked above.
         let file = String::from_utf8_lossy(name).into_owned();

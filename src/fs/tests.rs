@@ -139,7 +139,11 @@ async fn nothing_reaches_the_store_before_close() {
     .await
     .unwrap();
     a.write(fh, 0, b"second").unwrap();
-    assert_eq!(s.raw(&name("sess_y")).unwrap(), b"", "only the empty creation is visible");
+    assert_eq!(
+        s.raw(&name("sess_y")).unwrap(),
+        b"",
+        "only the empty creation is visible"
+    );
     a.flush(fh).await.unwrap();
     assert_eq!(s.raw(&name("sess_y")).unwrap(), b"second");
     a.release(fh).await.unwrap();
@@ -167,7 +171,10 @@ async fn a_phpredis_write_is_seen_despite_a_cached_copy() {
     php_request(&a, "sess_f", Some(b"mine")).await;
     // Same millisecond, other length.
     s.foreign_write(&name("sess_f"), b"theirs");
-    assert_eq!(php_request(&a, "sess_f", Some(b"mine again")).await, b"theirs");
+    assert_eq!(
+        php_request(&a, "sess_f", Some(b"mine again")).await,
+        b"theirs"
+    );
     assert_eq!(s.raw(&name("sess_f")).unwrap(), b"mine again");
     // Same length, a later millisecond.
     s.advance(Duration::from_millis(5));
@@ -193,9 +200,16 @@ async fn touch_refreshes_the_lifetime() {
     s.advance(Duration::from_secs(90));
     php_request(&a, "sess_t", None).await;
     s.advance(Duration::from_secs(90));
-    assert_eq!(s.raw(&name("sess_t")).unwrap(), b"data", "touch kept it alive");
+    assert_eq!(
+        s.raw(&name("sess_t")).unwrap(),
+        b"data",
+        "touch kept it alive"
+    );
     s.advance(Duration::from_secs(11));
-    assert!(s.raw(&name("sess_t")).is_none(), "expired 100 s after the touch");
+    assert!(
+        s.raw(&name("sess_t")).is_none(),
+        "expired 100 s after the touch"
+    );
     let e = a.lookup(ROOT_INO, b"sess_t").await.unwrap_err();
     assert_eq!(e.errno, libc::ENOENT);
 }
@@ -319,7 +333,10 @@ async fn unlink_of_an_open_file_keeps_the_handle_and_the_name_gone() {
     assert_eq!(a.getattr_open(fh).unwrap().nlink, 0);
     a.flush(fh).await.unwrap();
     a.release(fh).await.unwrap();
-    assert!(s.raw(&name("sess_u")).is_none(), "a write to an unlinked file stays gone");
+    assert!(
+        s.raw(&name("sess_u")).is_none(),
+        "a write to an unlinked file stays gone"
+    );
     let e = a.unlink(ROOT_INO, b"sess_u").await.unwrap_err();
     assert_eq!(e.errno, libc::ENOENT);
 }
@@ -443,7 +460,10 @@ async fn names_outside_the_charset_are_refused_clearly() {
             .await
             .unwrap_err();
         assert_eq!(e.errno, libc::EINVAL, "{}", String::from_utf8_lossy(bad));
-        assert_eq!(a.lookup(ROOT_INO, bad).await.unwrap_err().errno, libc::ENOENT);
+        assert_eq!(
+            a.lookup(ROOT_INO, bad).await.unwrap_err().errno,
+            libc::ENOENT
+        );
     }
     let long = vec![b'a'; 256];
     let e = a
@@ -480,7 +500,10 @@ async fn owner_mode_and_permission_changes() {
         ..SetAttr::default()
     };
     assert_eq!(
-        a.setattr(attr.ino, None, chown, WWW).await.unwrap_err().errno,
+        a.setattr(attr.ino, None, chown, WWW)
+            .await
+            .unwrap_err()
+            .errno,
         libc::EPERM
     );
     a.setattr(attr.ino, None, chown, ROOT).await.unwrap();

@@ -328,7 +328,11 @@ mod tests {
         assert_eq!(st.version, None);
         raw.expire_at_ms = 5_000_000;
         raw.size = 4;
-        assert_eq!(raw.decode("k", &opts()).unwrap().version, None, "length differs");
+        assert_eq!(
+            raw.decode("k", &opts()).unwrap().version,
+            None,
+            "length differs"
+        );
         assert_eq!(st.meta.mtime, (6_000_000 - 100_000) * 1_000_000);
         assert_eq!(st.meta.uid, 33);
     }
