@@ -18,7 +18,7 @@ use crate::keys::{DEFAULT_PREFIX, Keys};
     version,
     about = "Mounts a directory whose PHP session files live in Redis",
     after_help = "Options (-o): ttl=SECONDS prefix=STRING cache_size=BYTES max_size=BYTES \
-                  timeout=SECONDS allow_other allow_root default_permissions password_file=PATH \
+                  timeout=SECONDS lock_lease=SECONDS allow_other allow_root default_permissions password_file=PATH \
                   log=LEVEL log_file=PATH dir_mode=OCTAL uid=N gid=N. See sessfs(8)."
 )]
 pub struct Cli {
@@ -42,6 +42,7 @@ pub const OWN_OPTIONS: &[&str] = &[
     "cache_size",
     "max_size",
     "timeout",
+    "lock_lease",
     "allow_other",
     "allow_root",
     "default_permissions",
@@ -106,6 +107,7 @@ pub struct Options {
     pub cache_size: usize,
     pub max_size: u64,
     pub timeout: Duration,
+    pub lock_lease: Duration,
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
@@ -127,6 +129,7 @@ impl Default for Options {
             cache_size: 64 << 20,
             max_size: 4 << 20,
             timeout: Duration::from_secs(5),
+            lock_lease: Duration::from_secs(5),
             allow_other: false,
             allow_root: false,
             default_permissions: false,
@@ -205,6 +208,15 @@ impl Options {
         match key {
             "ttl" => self.ttl = parse_secs(key, &need(value)?)?,
             "timeout" => self.timeout = parse_secs(key, &need(value)?)?,
+            "lock_lease" => {
+                self.lock_lease = parse_secs(key, &need(value)?)?;
+                if self.lock_lease < Duration::from_millis(300) {
+                    return Err(format!(
+                        "option lock_lease={}: at least 0.3 seconds",
+                        need(value)?
+                    ));
+                }
+            }
             "prefix" => self.prefix = need(value)?,
             "cache_size" => {
                 let v = need(value)?;

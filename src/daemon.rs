@@ -365,8 +365,15 @@ pub fn run(cli: &Cli, opts: &Options, url: &StoreUrl, notify: &mut Notify) -> Re
             dir_mode: opts.dir_mode,
             dir_uid: opts.uid,
             dir_gid: opts.gid,
+            lock_lease: opts.lock_lease,
         },
     ));
+    rt.block_on(fs.start()).map_err(|e| {
+        Failure::new(
+            exit::STORE,
+            format!("cannot use the store at {}: {e}", url.shown()),
+        )
+    })?;
     let mut config = fuser::Config::default();
     config.mount_options = mount_options(opts, url);
     config.acl = if opts.allow_other {
@@ -396,8 +403,13 @@ pub fn run(cli: &Cli, opts: &Options, url: &StoreUrl, notify: &mut Notify) -> Re
     );
     notify.ready();
     let reason = rt.block_on(wait_for_end(&session));
-    tracing::info!("{reason}: unmounting");
-    if let Err(e) = session.umount_and_join() {
+    let ended = if reason == "unmounted" {
+        session.join()
+    } else {
+        tracing::info!("{reason}: unmounting");
+        session.umount_and_join()
+    };
+    if let Err(e) = ended {
         tracing::warn!("unmount: {e}");
     }
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -15,6 +15,7 @@
 //! - No lock of this module is held across a store round trip.
 
 pub mod error;
+pub mod locking;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,13 +23,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::{Cached, ContentCache};
 use crate::keys::{NameError, SessionName};
-use crate::store::{Created, Loaded, Meta, Nanos, Stat, Store, Written, now_nanos};
+use crate::store::{Created, Fence, Loaded, Meta, Nanos, Stat, Store, Written, now_nanos};
 pub use error::Error;
 use error::err;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub const ROOT_INO: u64 = 1;
+
+/// How often an open asks the store again when local changes keep overtaking the answer.
+const MAX_REVALIDATIONS: usize = 20;
 
 /// Who is asking: from the FUSE request header.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +73,8 @@ pub struct FsConfig {
     pub dir_mode: u32,
     pub dir_uid: u32,
     pub dir_gid: u32,
+    /// How long a cluster lock outlives a server that stopped renewing it.
+    pub lock_lease: Duration,
 }
 
 /// A time set by `utimensat`.
@@ -124,6 +130,8 @@ pub struct DirEntry {
 struct Inode {
     /// None once the name was unlinked here, or found replaced in the store.
     name: Option<SessionName>,
+    /// The name the file was opened under: its cluster lock keeps that name after an unlink.
+    lock_name: SessionName,
     /// The kernel's references (lookups minus forgets).
     lookups: u64,
     /// Open file handles on this server.
@@ -142,11 +150,16 @@ struct Inode {
     /// raced with a write knows the write still needs sending.
     dirty: u64,
     flushed: u64,
+    /// Bumped on every change of content or version. A store answer is applied only if the
+    /// epoch did not move while it was on its way: otherwise a newer local state (a write, a
+    /// flush, a fresher answer) would be overwritten by an older one.
+    epoch: u64,
 }
 
 impl Inode {
     fn new(name: SessionName, stat: &Stat) -> Inode {
         Inode {
+            lock_name: name.clone(),
             name: Some(name),
             lookups: 0,
             open: 0,
@@ -157,6 +170,7 @@ impl Inode {
             size: stat.size,
             dirty: 0,
             flushed: 0,
+            epoch: 0,
         }
     }
 
@@ -166,6 +180,7 @@ impl Inode {
 
     fn mark_dirty(&mut self) {
         self.dirty += 1;
+        self.epoch += 1;
     }
 
     fn current_size(&self) -> u64 {
@@ -180,6 +195,7 @@ impl Inode {
         if self.is_dirty() {
             return;
         }
+        self.epoch += 1;
         if self.version != stat.version || stat.version.is_none() {
             self.data = None;
         }
@@ -304,6 +320,10 @@ pub struct Fs<S: Store> {
     cfg: FsConfig,
     state: Mutex<State>,
     cache: Mutex<ContentCache>,
+    locks: Mutex<locking::LockTable>,
+    /// This server in the store's lock records: random per mount, so a restarted daemon never
+    /// mistakes an old claim for its own.
+    owner: String,
     mounted_at: SystemTime,
 }
 
@@ -315,8 +335,15 @@ impl<S: Store> Fs<S> {
             cfg,
             state: Mutex::new(State::default()),
             cache: Mutex::new(cache),
+            locks: Mutex::new(locking::LockTable::default()),
+            owner: format!("{:016x}", crate::store::fresh_token()),
             mounted_at: SystemTime::now(),
         }
+    }
+
+    /// This server's name in the store's lock records.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     pub fn store(&self) -> &S {
@@ -392,6 +419,7 @@ impl<S: Store> Fs<S> {
                 return Ok(Self::attr_of(ino, inode));
             }
         }
+        let before = self.epoch_of_name(&name);
         let stat = self
             .store
             .stat(&name)
@@ -406,7 +434,9 @@ impl<S: Store> Fs<S> {
             .inodes
             .get_mut(&ino)
             .ok_or_else(|| err!(EIO, Error, "{name}: inode vanished"))?;
-        inode.absorb(&stat);
+        if inode.open == 0 && before.is_none_or(|e| e == inode.epoch) {
+            inode.absorb(&stat);
+        }
         inode.lookups += 1;
         Ok(Self::attr_of(ino, inode))
     }
@@ -434,6 +464,7 @@ impl<S: Store> Fs<S> {
                 _ => return Ok(Self::attr_of(ino, inode)),
             }
         };
+        let before = self.epoch_of_name(&name);
         let stat = self
             .store
             .stat(&name)
@@ -446,7 +477,9 @@ impl<S: Store> Fs<S> {
             .ok_or_else(|| err!(ENOENT, Debug, "{name}: inode was forgotten"))?;
         match stat {
             Some(stat) => {
-                inode.absorb(&stat);
+                if inode.open == 0 && before.is_none_or(|e| e == inode.epoch) {
+                    inode.absorb(&stat);
+                }
                 Ok(Self::attr_of(ino, inode))
             }
             None => Err(err!(ENOENT, Debug, "{name}: no such session")),
@@ -511,43 +544,72 @@ impl<S: Store> Fs<S> {
             }
             name
         };
-        let known = self.known_copy(ino, &name);
-        let loaded = self
-            .store
-            .load(&name, known.as_ref().map(|c| c.version))
-            .await
-            .map_err(|e| Error::store(&name, e))?;
-        let (stat, data) = match loaded {
-            Loaded::Changed(rec) => (rec.stat, rec.data),
-            Loaded::Same(stat) => match known {
-                Some(c) => (stat, c.data),
-                None => return Err(err!(EIO, Error, "{name}: store validated a copy not held")),
-            },
-            Loaded::Missing if flags.create => {
-                // The kernel still had the name (deleted elsewhere since): O_CREAT makes it anew.
-                return self
-                    .create_named(name, 0o600, flags, caller)
-                    .await
-                    .map(|(_, fh)| fh);
+        // Validate, and apply the answer only if nothing newer arrived here meanwhile;
+        // otherwise ask again (bounded: each retry follows a local change).
+        for _ in 0..MAX_REVALIDATIONS {
+            let epoch = self.epoch_of_ino(ino);
+            let known = self.known_copy(ino, &name);
+            let loaded = self
+                .store
+                .load(&name, known.as_ref().map(|c| c.version))
+                .await
+                .map_err(|e| Error::store(&name, e))?;
+            let (stat, data) = match loaded {
+                Loaded::Changed(rec) => (rec.stat, rec.data),
+                Loaded::Same(stat) => match known {
+                    Some(c) => (stat, c.data),
+                    None => {
+                        return Err(err!(EIO, Error, "{name}: store validated a copy not held"));
+                    }
+                },
+                Loaded::Missing if flags.create => {
+                    // The kernel still had the name (deleted elsewhere since): O_CREAT makes it
+                    // anew.
+                    return self
+                        .create_named(name, 0o600, flags, caller)
+                        .await
+                        .map(|(_, fh)| fh);
+                }
+                Loaded::Missing => {
+                    let mut st = self.state();
+                    st.unbind(&name);
+                    self.cache().remove(&name);
+                    return Err(err!(ENOENT, Debug, "{name}: no such session"));
+                }
+            };
+            let mut st = self.state();
+            let inode = st
+                .inodes
+                .get_mut(&ino)
+                .ok_or_else(|| err!(ENOENT, Debug, "{name}: inode was forgotten during open"))?;
+            if inode.open > 0 && inode.is_dirty() {
+                return Self::new_handle(&mut st, ino, flags);
             }
-            Loaded::Missing => {
-                let mut st = self.state();
-                st.unbind(&name);
-                self.cache().remove(&name);
-                return Err(err!(ENOENT, Debug, "{name}: no such session"));
+            if Some(inode.epoch) != epoch {
+                continue;
             }
-        };
-        let mut st = self.state();
-        let inode = st
-            .inodes
-            .get_mut(&ino)
-            .ok_or_else(|| err!(ENOENT, Debug, "{name}: inode was forgotten during open"))?;
-        if !inode.is_dirty() {
             inode.absorb(&stat);
             inode.data = Some(data);
             inode.size = stat.size;
+            return Self::new_handle(&mut st, ino, flags);
         }
-        Self::new_handle(&mut st, ino, flags)
+        Err(err!(
+            EIO,
+            Error,
+            "{name}: content kept changing here while it was being validated"
+        ))
+    }
+
+    fn epoch_of_ino(&self, ino: u64) -> Option<u64> {
+        self.state().inodes.get(&ino).map(|i| i.epoch)
+    }
+
+    fn epoch_of_name(&self, name: &SessionName) -> Option<u64> {
+        let st = self.state();
+        st.by_name
+            .get(name)
+            .and_then(|ino| st.inodes.get(ino))
+            .map(|i| i.epoch)
     }
 
     /// create(2) with O_CREAT on a name the kernel believes absent.
@@ -626,6 +688,7 @@ impl<S: Store> Fs<S> {
             inode.absorb(&stat);
             inode.data = Some(data);
             inode.size = stat.size;
+            inode.epoch += 1;
         }
         inode.lookups += 1;
         let fh = Self::new_handle(&mut st, ino, flags)?;
@@ -717,16 +780,34 @@ impl<S: Store> Fs<S> {
             };
             (name, inode.incarnation, data, inode.meta, inode.dirty)
         };
+        let token = self.fence_token(ino);
+        let fence = token.map(|token| Fence {
+            owner: &self.owner,
+            token,
+        });
         let written = self
             .store
-            .write(&name, expect, &data, &meta)
+            .write(&name, expect, fence, &data, &meta)
             .await
             .map_err(|e| Error::store(&name, e))?;
         let mut st = self.state();
         match written {
+            Written::Fenced => {
+                if let Some(inode) = st.inodes.get_mut(&ino) {
+                    inode.flushed = inode.dirty;
+                }
+                Err(err!(
+                    EIO,
+                    Error,
+                    "{name}: write refused: this server's lock on the session ran out (lease \
+                     {:?}) and another server may have written since",
+                    self.cfg.lock_lease
+                ))
+            }
             Written::Done(stat) => {
                 if let Some(inode) = st.inodes.get_mut(&ino) {
                     inode.flushed = inode.flushed.max(generation);
+                    inode.epoch += 1;
                     if !inode.is_dirty() {
                         inode.version = stat.version;
                         inode.incarnation = stat.incarnation;
@@ -765,7 +846,7 @@ impl<S: Store> Fs<S> {
 
     /// The last close of a file: sends what a failed flush left, then moves the content to the
     /// cache.
-    pub async fn release(&self, fh: u64) -> Result<()> {
+    pub async fn release(self: &Arc<Self>, fh: u64) -> Result<()> {
         let ino = {
             let st = self.state();
             Self::handle_ino(&st, fh)?
@@ -779,6 +860,8 @@ impl<S: Store> Fs<S> {
         } else {
             Ok(())
         };
+        // The file's flock goes with it (PHP never unlocks: it closes), after its writes.
+        self.unlock_fh(ino, fh);
         let mut st = self.state();
         st.handles.remove(&fh);
         if let Some(inode) = st.inodes.get_mut(&ino) {
@@ -809,7 +892,7 @@ impl<S: Store> Fs<S> {
     }
 
     pub async fn setattr(
-        &self,
+        self: &Arc<Self>,
         ino: u64,
         fh: Option<u64>,
         set: SetAttr,
@@ -929,13 +1012,25 @@ impl<S: Store> Fs<S> {
             (name, set.size.is_none(), inode.incarnation, inode.meta)
         };
         if meta_only || set.size.is_some() {
+            let token = self.fence_token(ino);
+            let fence = token.map(|token| Fence {
+                owner: &self.owner,
+                token,
+            });
             let written = self
                 .store
-                .update_meta(&name, expect, &meta)
+                .update_meta(&name, expect, fence, &meta)
                 .await
                 .map_err(|e| Error::store(&name, e))?;
             let mut st = self.state();
             match written {
+                Written::Fenced => {
+                    return Err(err!(
+                        EIO,
+                        Error,
+                        "{name}: change refused: this server's lock on the session ran out"
+                    ));
+                }
                 Written::Done(stat) => {
                     if let Some(inode) = st.inodes.get_mut(&ino)
                         && !inode.is_dirty()

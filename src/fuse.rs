@@ -109,6 +109,13 @@ impl<S: Store> Filesystem for FuseFs<S> {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
             tracing::debug!("kernel lacks {missing:?}; O_TRUNC becomes a truncate");
         }
+        // flock comes to the daemon, which holds it across the cluster. POSIX (fcntl) locks
+        // are not negotiated: the kernel keeps them, local to this server.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS) {
+            tracing::error!(
+                "kernel lacks {missing:?}: flock stays local to this server, not cluster-wide"
+            );
+        }
         Ok(())
     }
 
@@ -491,6 +498,32 @@ impl<S: Store> Filesystem for FuseFs<S> {
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // Permission checks are the kernel's (default_permissions) or not made at all.
         reply.ok();
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Keyed by the daemon's file handle, never by the kernel's reusable lock owner; the
+        // waiting process is the request's pid, whose signals the daemon watches.
+        let fs = self.fs.clone();
+        let id = req.unique().0;
+        let pid = req.pid();
+        self.spawn("setlk", req, async move {
+            match fs.setlk(fh.0, typ, sleep, pid).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(report("setlk", id, &e)),
+            }
+        });
     }
 
     fn create(

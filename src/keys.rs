@@ -100,6 +100,8 @@ pub struct SessionKeys {
     pub data: String,
     /// sessfs' metadata hash, in the data key's hash slot.
     pub meta: String,
+    /// The cluster lock: holders and queued servers, in the same slot.
+    pub lock: String,
 }
 
 /// Builds and parses keys for one prefix.
@@ -135,7 +137,8 @@ impl Keys {
     pub fn of(&self, name: &SessionName) -> SessionKeys {
         let data = format!("{}{}", self.prefix, name.key_suffix());
         let meta = format!("{{{data}}}:meta");
-        SessionKeys { data, meta }
+        let lock = format!("{{{data}}}:lock");
+        SessionKeys { data, meta, lock }
     }
 
     /// The `SCAN MATCH` pattern for every data key: the prefix with glob characters escaped.
@@ -183,6 +186,7 @@ mod tests {
         let keys = k.of(&name("sess_abc123"));
         assert_eq!(keys.data, "PHPREDIS_SESSION:abc123");
         assert_eq!(keys.meta, "{PHPREDIS_SESSION:abc123}:meta");
+        assert_eq!(keys.lock, "{PHPREDIS_SESSION:abc123}:lock");
     }
 
     #[test]

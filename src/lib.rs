@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod keys;
+pub mod lock;
 pub mod store;

@@ -29,8 +29,8 @@ fn store() -> MemoryStore {
     })
 }
 
-fn mount(store: &MemoryStore) -> Fs<MemoryStore> {
-    Fs::new(
+fn mount(store: &MemoryStore) -> Arc<Fs<MemoryStore>> {
+    Arc::new(Fs::new(
         store.clone(),
         FsConfig {
             max_size: 1000,
@@ -38,8 +38,9 @@ fn mount(store: &MemoryStore) -> Fs<MemoryStore> {
             dir_mode: 0o1733,
             dir_uid: 0,
             dir_gid: 0,
+            lock_lease: Duration::from_millis(600),
         },
-    )
+    ))
 }
 
 fn create_flags() -> OpenFlags {
@@ -55,7 +56,7 @@ fn name(s: &str) -> SessionName {
 
 /// What PHP's files handler does for one request that writes `data` (open O_CREAT, fstat,
 /// read, ftruncate(0), pwrite, close); returns what it read.
-async fn php_request(fs: &Fs<MemoryStore>, id: &str, data: Option<&[u8]>) -> Vec<u8> {
+async fn php_request(fs: &Arc<Fs<MemoryStore>>, id: &str, data: Option<&[u8]>) -> Vec<u8> {
     let (ino, fh) = match fs.lookup(ROOT_INO, id.as_bytes()).await {
         Ok(a) => (a.ino, fs.open(a.ino, create_flags(), WWW).await.unwrap()),
         Err(e) => {

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
 use super::{
-    Created, Loaded, Meta, RawStat, Record, Result, Stat, Store, StoreError, StoreOptions, Written,
-    fresh_token, now_nanos,
+    Acquired, Claim, Created, Event, Fence, Loaded, LockMode, Meta, RawStat, Record, Result, Stat,
+    Store, StoreError, StoreOptions, Written, fresh_token, now_nanos,
 };
 use crate::keys::SessionName;
 
@@ -21,9 +23,21 @@ struct Entry {
     fields: Option<[Option<Vec<u8>>; 9]>,
 }
 
+/// One session's cluster lock, as the Redis lock hash holds it.
+#[derive(Debug, Default, Clone)]
+struct LockRecord {
+    /// owner -> (mode, deadline_ms, token)
+    holders: BTreeMap<String, (LockMode, i64, u64)>,
+    /// owner -> (arrival, mode, deadline_ms)
+    queued: BTreeMap<String, (u64, LockMode, i64)>,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     entries: Mutex<BTreeMap<SessionName, Entry>>,
+    locks: Mutex<BTreeMap<SessionName, LockRecord>>,
+    listeners: Mutex<BTreeMap<String, UnboundedSender<Event>>>,
+    arrivals: AtomicU64,
     skew_ms: AtomicI64,
     down: AtomicBool,
     round_trips: AtomicU64,
@@ -145,6 +159,44 @@ impl MemoryStore {
         ]
     }
 
+    fn locks(&self) -> MutexGuard<'_, BTreeMap<SessionName, LockRecord>> {
+        self.shared
+            .locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self, owner: &str, event: Event) {
+        let listeners = self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(tx) = listeners.get(owner) {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// The lock check every fenced write makes.
+    fn fenced(&self, name: &SessionName, fence: Option<Fence<'_>>, now: i64) -> bool {
+        let Some(f) = fence else { return false };
+        let locks = self.locks();
+        let held = locks
+            .get(name)
+            .and_then(|r| r.holders.get(f.owner))
+            .is_some_and(|&(_, deadline, token)| token == f.token && deadline >= now);
+        !held
+    }
+
+    /// Drops every message to `owner`, as a lost pub/sub connection would.
+    pub fn drop_listener(&self, owner: &str) {
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(owner);
+    }
+
     fn incarnation_ok(e: &Entry, expect: Option<u64>) -> bool {
         let Some(expect) = expect else { return true };
         let stored = e
@@ -203,10 +255,14 @@ impl Store for MemoryStore {
         &self,
         name: &SessionName,
         expect: Option<u64>,
+        fence: Option<Fence<'_>>,
         data: &[u8],
         meta: &Meta,
     ) -> Result<Written> {
         let (now, mut entries) = self.begin()?;
+        if self.fenced(name, fence, now) {
+            return Ok(Written::Fenced);
+        }
         let Some(e) = entries.get_mut(name) else {
             return Ok(Written::Gone);
         };
@@ -235,9 +291,13 @@ impl Store for MemoryStore {
         &self,
         name: &SessionName,
         expect: Option<u64>,
+        fence: Option<Fence<'_>>,
         meta: &Meta,
     ) -> Result<Written> {
         let (now, mut entries) = self.begin()?;
+        if self.fenced(name, fence, now) {
+            return Ok(Written::Fenced);
+        }
         let Some(e) = entries.get_mut(name) else {
             return Ok(Written::Gone);
         };
@@ -288,6 +348,129 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<()> {
         self.begin().map(|_| ())
+    }
+
+    async fn lock_acquire(
+        &self,
+        name: &SessionName,
+        claim: &Claim<'_>,
+        queue: bool,
+        known: Option<u64>,
+    ) -> Result<Acquired> {
+        let (now, entries) = self.begin()?;
+        let lease = claim.lease.as_millis() as i64;
+        let mut locks = self.locks();
+        let rec = locks.entry(name.clone()).or_default();
+        rec.holders.retain(|_, h| h.1 >= now);
+        rec.queued.retain(|_, q| q.2 >= now);
+        let excl = |m: LockMode| m == LockMode::Exclusive;
+        let mut conflict = false;
+        let mut until = None::<i64>;
+        let mut holders = Vec::new();
+        for (who, &(mode, deadline, _)) in &rec.holders {
+            if who != claim.owner {
+                holders.push(who.clone());
+                if excl(claim.mode) || excl(mode) {
+                    conflict = true;
+                    until = Some(until.map_or(deadline, |u| u.min(deadline)));
+                }
+            }
+        }
+        let mine = rec.queued.get(claim.owner).map(|q| q.0);
+        if !conflict {
+            conflict = rec.queued.iter().any(|(who, &(arrival, mode, _))| {
+                who != claim.owner
+                    && mine.is_none_or(|m| arrival < m)
+                    && (excl(claim.mode) || excl(mode))
+            });
+        }
+        if conflict {
+            if queue {
+                let arrival =
+                    mine.unwrap_or_else(|| self.shared.arrivals.fetch_add(1, Ordering::Relaxed));
+                rec.queued
+                    .insert(claim.owner.to_string(), (arrival, claim.mode, now + lease));
+                drop(locks);
+                for h in holders {
+                    self.publish(&h, Event::Wanted(name.clone()));
+                }
+            }
+            let retry = until.unwrap_or(now + lease) - now;
+            return Ok(Acquired::Denied {
+                retry_in: Duration::from_millis(retry.max(0) as u64),
+            });
+        }
+        rec.queued.remove(claim.owner);
+        rec.holders.insert(
+            claim.owner.to_string(),
+            (claim.mode, now + lease, claim.token),
+        );
+        drop(locks);
+        let loaded = match entries.get(name) {
+            None => Loaded::Missing,
+            Some(e) => {
+                let stat = self.stat_of(name, e)?;
+                if known.is_some() && stat.version == known {
+                    Loaded::Same(stat)
+                } else {
+                    Loaded::Changed(Record {
+                        stat,
+                        data: e.data.clone(),
+                    })
+                }
+            }
+        };
+        Ok(Acquired::Granted(loaded))
+    }
+
+    async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<bool> {
+        let (now, _entries) = self.begin()?;
+        let mut locks = self.locks();
+        let Some(rec) = locks.get_mut(name) else {
+            return Ok(false);
+        };
+        match rec.holders.get_mut(claim.owner) {
+            Some(h) if h.2 == claim.token && h.1 >= now => {
+                h.1 = now + claim.lease.as_millis() as i64;
+                Ok(true)
+            }
+            Some(h) if h.2 == claim.token => {
+                rec.holders.remove(claim.owner);
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn lock_release(&self, name: &SessionName, owner: &str, token: u64) -> Result<()> {
+        let (_, _entries) = self.begin()?;
+        let mut locks = self.locks();
+        let Some(rec) = locks.get_mut(name) else {
+            return Ok(());
+        };
+        if rec.holders.get(owner).is_some_and(|h| h.2 == token) {
+            rec.holders.remove(owner);
+        }
+        rec.queued.remove(owner);
+        let wake: Vec<String> = rec.queued.keys().cloned().collect();
+        if rec.holders.is_empty() && rec.queued.is_empty() {
+            locks.remove(name);
+        }
+        drop(locks);
+        for w in wake {
+            self.publish(&w, Event::Released(name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn events(&self, owner: &str) -> Result<UnboundedReceiver<Event>> {
+        let (tx, rx) = unbounded_channel();
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(owner.to_string(), tx);
+        Ok(rx)
     }
 }
 

@@ -84,6 +84,56 @@ pub enum Written {
     /// The session was deleted, expired, or deleted and created anew since it was opened: the
     /// write is not applied, as a write to an unlinked file does not come back under its name.
     Gone,
+    /// The write was made under a cluster lock this server no longer holds (its lease ran
+    /// out): another server may have taken the lock and written since, so it is refused.
+    Fenced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// One server's claim on a session's cluster lock. A server holds at most one claim per
+/// session; `token` names this holding, so a write or release under an older holding of the
+/// same server is told apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// This server (mount) in the lock's records, and the channel it hears events on.
+    pub owner: &'a str,
+    pub token: u64,
+    pub mode: LockMode,
+    /// How long the claim lives unless renewed.
+    pub lease: Duration,
+}
+
+/// What a write carries when made under a cluster lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    pub owner: &'a str,
+    pub token: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// Held; the content check of `load` came in the same round trip.
+    Granted(Loaded),
+    /// Another server holds or waits first. This server is queued (unless it only tried) and
+    /// is sent `Event::Released` when its turn may have come; `retry_in` is when the holder's
+    /// lease runs out, should that holder be dead and never release.
+    Denied { retry_in: Duration },
+}
+
+/// Pushed by the store to the server named in a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A holder let go of the session's lock: waiters try again.
+    Released(SessionName),
+    /// Another server waits for a lock this server holds.
+    Wanted(SessionName),
+    /// Events may have been lost (reconnection): every waiter tries again.
+    Resync,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,11 +185,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Created>> + Send;
 
     /// Replaces the content and metadata and refreshes the TTL, if the session is still the
-    /// incarnation `expect` (None: whatever is there, for sessions opened as foreign).
+    /// incarnation `expect` (None: whatever is there, for sessions opened as foreign) and, when
+    /// `fence` is given, that claim still holds the session's lock.
     fn write(
         &self,
         name: &SessionName,
         expect: Option<u64>,
+        fence: Option<Fence<'_>>,
         data: &[u8],
         meta: &Meta,
     ) -> impl Future<Output = Result<Written>> + Send;
@@ -149,8 +201,41 @@ pub trait Store: Send + Sync + 'static {
         &self,
         name: &SessionName,
         expect: Option<u64>,
+        fence: Option<Fence<'_>>,
         meta: &Meta,
     ) -> impl Future<Output = Result<Written>> + Send;
+
+    /// Takes (or converts) this server's claim on the session's lock, and checks the content
+    /// like `load` in the same round trip. With `queue` false a denied claim is not queued.
+    fn lock_acquire(
+        &self,
+        name: &SessionName,
+        claim: &Claim<'_>,
+        queue: bool,
+        known: Option<u64>,
+    ) -> impl Future<Output = Result<Acquired>> + Send;
+
+    /// Extends the claim's lease; false if it already ran out (the claim is lost).
+    fn lock_renew(
+        &self,
+        name: &SessionName,
+        claim: &Claim<'_>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Drops this server's claim with `token` and its place in the queue, and wakes the
+    /// servers queued for the session.
+    fn lock_release(
+        &self,
+        name: &SessionName,
+        owner: &str,
+        token: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Starts delivering the events addressed to `owner`.
+    fn events(
+        &self,
+        owner: &str,
+    ) -> impl Future<Output = Result<tokio::sync::mpsc::UnboundedReceiver<Event>>> + Send;
 
     /// Deletes the session; false if it did not exist.
     fn remove(&self, name: &SessionName) -> impl Future<Output = Result<bool>> + Send;

@@ -14,9 +14,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionInfo, ErrorKind, RedisError, Script, Value};
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio_stream::StreamExt;
+
 use super::{
-    Created, Loaded, Meta, RawStat, Record, Result, Stat, Store, StoreError, StoreOptions, Written,
-    fresh_token, token_arg,
+    Acquired, Claim, Created, Event, Fence, Loaded, LockMode, Meta, RawStat, Record, Result, Stat,
+    Store, StoreError, StoreOptions, Written, fresh_token, token_arg,
 };
 use crate::keys::{Keys, SessionKeys, SessionName};
 
@@ -28,6 +31,52 @@ local function st(x)
 end
 "#;
 
+/// Redis' own clock, in ms: lock deadlines are compared on the server, so the servers' clocks
+/// never matter.
+const NOW_FN: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"#;
+
+/// The content check shared by LOAD and LOCK_ACQUIRE: false when missing, {stat} when `known`
+/// is current, else {stat, content}.
+const LOAD_FN: &str = r#"
+local function load(known)
+  local x = redis.call('PEXPIRETIME', KEYS[1])
+  if x == -2 then return false end
+  local s = st(x)
+  if known ~= '' and s[3] == known and s[10] and tonumber(s[10]) == x
+     and s[11] and tonumber(s[11]) == s[1] then
+    return {s}
+  end
+  return {s, redis.call('GET', KEYS[1])}
+end
+"#;
+
+/// True when a write made under claim (owner, token) must be refused: that claim no longer
+/// holds KEYS[3] (released, or its lease ran out). An empty owner means no lock is claimed.
+const FENCE_FN: &str = r#"
+local function fenced(owner, token)
+  if owner == '' then return false end
+  local v = redis.call('HGET', KEYS[3], 'h:' .. owner)
+  if not v then return true end
+  local d, tok = string.match(v, '^%a:(%d+):(.+)$')
+  local now = now_ms()
+  return tok ~= token or tonumber(d) < now
+end
+"#;
+
+/// Extends KEYS[3]'s life to at least `deadline` (ms): the key must outlive every entry in it.
+const KEEP_FN: &str = r#"
+local function keep_until(deadline)
+  local cur = redis.call('PEXPIRETIME', KEYS[3])
+  if cur >= 0 and cur < deadline + 1000 then redis.call('PEXPIREAT', KEYS[3], deadline + 1000) end
+  if cur == -1 then redis.call('PEXPIREAT', KEYS[3], deadline + 1000) end
+end
+"#;
+
 const STAT: &str = r#"
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x == -2 then return false end
@@ -35,16 +84,9 @@ return st(x)
 "#;
 
 /// ARGV[1]: the version the caller has, or ''. Content is sent unless that version is current
-/// and the session was last written by sessfs (recorded expiry still matches).
+/// and the session was last written by sessfs (recorded expiry and length still match).
 const LOAD: &str = r#"
-local x = redis.call('PEXPIRETIME', KEYS[1])
-if x == -2 then return false end
-local s = st(x)
-if ARGV[1] ~= '' and s[3] == ARGV[1] and s[10] and tonumber(s[10]) == x
-   and s[11] and tonumber(s[11]) == s[1] then
-  return {s}
-end
-return {s, redis.call('GET', KEYS[1])}
+return load(ARGV[1])
 "#;
 
 /// Writes metadata ARGV[4..8] with version v and incarnation i, expiring with KEYS[1].
@@ -71,8 +113,9 @@ return {put_meta(ARGV[2], ARGV[3])}
 "#;
 
 /// ARGV: expected incarnation or '', version, incarnation if none yet, mode, uid, gid, mt, ct,
-/// ttl_ms, data.
+/// ttl_ms, fence owner or '', fence token, data. Returns -1 when fenced.
 const WRITE: &str = r#"
+if fenced(ARGV[10], ARGV[11]) then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local i = redis.call('HGET', KEYS[2], 'i')
 if ARGV[1] ~= '' then
@@ -80,13 +123,14 @@ if ARGV[1] ~= '' then
 elseif not i then
   i = ARGV[3]
 end
-redis.call('SET', KEYS[1], ARGV[10], 'PX', ARGV[9])
+redis.call('SET', KEYS[1], ARGV[12], 'PX', ARGV[9])
 return put_meta(ARGV[2], i)
 "#;
 
 /// ARGV as WRITE without data; ARGV[2] is the version to record if the content's version is
 /// unknown (a foreign write), since no cache can hold that content under any version.
 const UPDATE_META: &str = r#"
+if fenced(ARGV[10], ARGV[11]) then return -1 end
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x == -2 then return false end
 local m = redis.call('HMGET', KEYS[2], 'v', 'i', 'x', 'n')
@@ -105,6 +149,110 @@ redis.call('PEXPIRE', KEYS[1], ARGV[9])
 return put_meta(v, i)
 "#;
 
+/// KEYS: data, meta, lock. ARGV: owner, token, mode ('e'/'s'), lease_ms, known version, queue
+/// ('1' to wait in line when denied). The lock hash holds `h:<owner>` = mode:deadline:token for
+/// each holding server and `w:<owner>` = arrival_us:mode:deadline for each queued one; entries
+/// past their deadline are dead and swept here. A claim is denied while another server holds a
+/// conflicting mode, or queued earlier for one. Holders are told someone waits (recall).
+const LOCK_ACQUIRE: &str = r#"
+local now, now_us = now_ms()
+local me = ARGV[1]
+local want = ARGV[3]
+local lease = tonumber(ARGV[4])
+local flat = redis.call('HGETALL', KEYS[3])
+local conflict = false
+local until_ms = nil
+local mine_since = nil
+local holders = {}
+local queued = {}
+for i = 1, #flat, 2 do
+  local f, v = flat[i], flat[i + 1]
+  local kind, who = string.sub(f, 1, 1), string.sub(f, 3)
+  if kind == 'h' then
+    local m, d = string.match(v, '^(%a):(%d+):')
+    d = tonumber(d)
+    if (not d) or d < now then
+      redis.call('HDEL', KEYS[3], f)
+    elseif who ~= me then
+      table.insert(holders, who)
+      if want == 'e' or m == 'e' then
+        conflict = true
+        if (not until_ms) or d < until_ms then until_ms = d end
+      end
+    end
+  elseif kind == 'w' then
+    local a, m, d = string.match(v, '^(%d+):(%a):(%d+)$')
+    a = tonumber(a)
+    d = tonumber(d)
+    if (not d) or d < now then
+      redis.call('HDEL', KEYS[3], f)
+    elseif who == me then
+      mine_since = a
+    else
+      table.insert(queued, {a, m})
+    end
+  end
+end
+if not conflict then
+  for _, q in ipairs(queued) do
+    if ((not mine_since) or q[1] < mine_since) and (want == 'e' or q[2] == 'e') then
+      conflict = true
+    end
+  end
+end
+if conflict then
+  if ARGV[6] == '1' then
+    -- %.0f: Lua would write a 16-digit number as 1.7e+15, which no pattern here reads back.
+    local since = string.format('%.0f', mine_since or now_us)
+    redis.call('HSET', KEYS[3], 'w:' .. me, since .. ':' .. want .. ':' .. (now + lease))
+    keep_until(now + lease)
+    for _, h in ipairs(holders) do
+      redis.call('PUBLISH', 'sessfs:' .. h, 'w ' .. KEYS[1])
+    end
+  end
+  return {0, (until_ms or (now + lease)) - now}
+end
+redis.call('HDEL', KEYS[3], 'w:' .. me)
+redis.call('HSET', KEYS[3], 'h:' .. me, want .. ':' .. (now + lease) .. ':' .. ARGV[2])
+keep_until(now + lease)
+return {1, load(ARGV[5])}
+"#;
+
+/// KEYS: data, meta, lock. ARGV: owner, token, lease_ms. 1 if extended, 0 if the claim is gone.
+const LOCK_RENEW: &str = r#"
+local now = now_ms()
+local f = 'h:' .. ARGV[1]
+local v = redis.call('HGET', KEYS[3], f)
+if not v then return 0 end
+local m, d, tok = string.match(v, '^(%a):(%d+):(.+)$')
+if tok ~= ARGV[2] then return 0 end
+if tonumber(d) < now then
+  redis.call('HDEL', KEYS[3], f)
+  return 0
+end
+local deadline = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[3], f, m .. ':' .. deadline .. ':' .. tok)
+keep_until(deadline)
+return 1
+"#;
+
+/// KEYS: data, meta, lock. ARGV: owner, token. Drops the claim if it is still that token's, and
+/// the owner's place in the queue, then wakes every queued server.
+const LOCK_RELEASE: &str = r#"
+local f = 'h:' .. ARGV[1]
+local v = redis.call('HGET', KEYS[3], f)
+if v and string.match(v, '^%a:%d+:(.+)$') == ARGV[2] then redis.call('HDEL', KEYS[3], f) end
+redis.call('HDEL', KEYS[3], 'w:' .. ARGV[1])
+local flat = redis.call('HGETALL', KEYS[3])
+if #flat == 0 then return 1 end
+for i = 1, #flat, 2 do
+  if string.sub(flat[i], 1, 2) == 'w:' then
+    redis.call('PUBLISH', 'sessfs:' .. string.sub(flat[i], 3), 'r ' .. KEYS[1])
+  end
+end
+return 1
+"#;
+
 const REMOVE: &str = r#"
 local n = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
@@ -118,18 +266,25 @@ struct Scripts {
     write: Script,
     update_meta: Script,
     remove: Script,
+    lock_acquire: Script,
+    lock_renew: Script,
+    lock_release: Script,
 }
 
 impl Scripts {
     fn new() -> Scripts {
-        let with_meta = |body: &str| Script::new(&format!("{STAT_FN}{PUT_META_FN}{body}"));
+        let lib = format!("{NOW_FN}{STAT_FN}{LOAD_FN}{PUT_META_FN}{FENCE_FN}{KEEP_FN}");
+        let with_lib = |body: &str| Script::new(&format!("{lib}{body}"));
         Scripts {
-            stat: Script::new(&format!("{STAT_FN}{STAT}")),
-            load: Script::new(&format!("{STAT_FN}{LOAD}")),
-            create: with_meta(CREATE),
-            write: with_meta(WRITE),
-            update_meta: with_meta(UPDATE_META),
+            stat: with_lib(STAT),
+            load: with_lib(LOAD),
+            create: with_lib(CREATE),
+            write: with_lib(WRITE),
+            update_meta: with_lib(UPDATE_META),
             remove: Script::new(REMOVE),
+            lock_acquire: with_lib(LOCK_ACQUIRE),
+            lock_renew: with_lib(LOCK_RENEW),
+            lock_release: with_lib(LOCK_RELEASE),
         }
     }
 }
@@ -144,6 +299,7 @@ pub struct RedisSettings {
 }
 
 pub struct RedisStore {
+    client: redis::Client,
     con: ConnectionManager,
     keys: Keys,
     opts: StoreOptions,
@@ -174,6 +330,58 @@ fn classify(err: RedisError, key: &str) -> StoreError {
             StoreError::Unavailable(text)
         }
         _ => StoreError::Refused(text),
+    }
+}
+
+/// Turns the messages on this server's channel into events, and keeps the subscription alive:
+/// after a lost connection it subscribes again and sends `Resync`, since messages published in
+/// between are gone. Ends when the receiver is dropped (unmount).
+async fn listen(
+    client: redis::Client,
+    pubsub: redis::aio::PubSub,
+    channel: String,
+    keys: Keys,
+    tx: UnboundedSender<Event>,
+) {
+    let mut stream = pubsub.into_on_message();
+    loop {
+        while let Some(msg) = stream.next().await {
+            let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+            let event = match payload.split_first() {
+                Some((b'r', rest)) => rest
+                    .strip_prefix(b" ")
+                    .and_then(|k| keys.name_of_key(k))
+                    .map(Event::Released),
+                Some((b'w', rest)) => rest
+                    .strip_prefix(b" ")
+                    .and_then(|k| keys.name_of_key(k))
+                    .map(Event::Wanted),
+                _ => None,
+            };
+            if let Some(e) = event {
+                if tx.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+        tracing::warn!(channel, "lock event subscription lost; reconnecting");
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(mut p) = client.get_async_pubsub().await else {
+                continue;
+            };
+            if p.subscribe(&channel).await.is_ok() {
+                stream = p.into_on_message();
+                tracing::info!(channel, "lock event subscription restored");
+                if tx.send(Event::Resync).is_err() {
+                    return;
+                }
+                break;
+            }
+        }
     }
 }
 
@@ -239,11 +447,12 @@ impl RedisStore {
             .set_connection_timeout(Some(settings.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let con = ConnectionManager::new_with_config(client, config)
+        let con = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| classify(e, ""))?;
         let scan_pattern = keys.scan_pattern();
         Ok(RedisStore {
+            client,
             con,
             keys,
             opts,
@@ -268,6 +477,7 @@ impl RedisStore {
     async fn run(&self, script: &Script, k: &SessionKeys, args: &[&[u8]]) -> Result<Value> {
         let mut inv = script.key(&k.data);
         inv.key(&k.meta);
+        inv.key(&k.lock);
         for a in args {
             inv.arg(*a);
         }
@@ -309,6 +519,7 @@ impl RedisStore {
         script: &Script,
         name: &SessionName,
         expect: Option<u64>,
+        fence: Option<Fence<'_>>,
         meta: &Meta,
         data: Option<&[u8]>,
     ) -> Result<Written> {
@@ -328,11 +539,15 @@ impl RedisStore {
             ct.as_bytes(),
             ttl.as_bytes(),
         ];
+        let fence_token = fence.map(|f| token_arg(Some(f.token))).unwrap_or_default();
+        args.push(fence.map_or(&b""[..], |f| f.owner.as_bytes()));
+        args.push(fence_token.as_bytes());
         if let Some(d) = data {
             args.push(d);
         }
         match self.run(script, &k, &args).await? {
             Value::Nil => Ok(Written::Gone),
+            Value::Int(-1) => Ok(Written::Fenced),
             v => Ok(Written::Done(self.stat_of(v, &k.data)?)),
         }
     }
@@ -404,10 +619,11 @@ impl Store for RedisStore {
         &self,
         name: &SessionName,
         expect: Option<u64>,
+        fence: Option<Fence<'_>>,
         data: &[u8],
         meta: &Meta,
     ) -> Result<Written> {
-        self.put_meta(&self.scripts.write, name, expect, meta, Some(data))
+        self.put_meta(&self.scripts.write, name, expect, fence, meta, Some(data))
             .await
     }
 
@@ -415,10 +631,111 @@ impl Store for RedisStore {
         &self,
         name: &SessionName,
         expect: Option<u64>,
+        fence: Option<Fence<'_>>,
         meta: &Meta,
     ) -> Result<Written> {
-        self.put_meta(&self.scripts.update_meta, name, expect, meta, None)
+        self.put_meta(&self.scripts.update_meta, name, expect, fence, meta, None)
             .await
+    }
+
+    async fn lock_acquire(
+        &self,
+        name: &SessionName,
+        claim: &Claim<'_>,
+        queue: bool,
+        known: Option<u64>,
+    ) -> Result<Acquired> {
+        let k = self.keys_of(name);
+        let token = token_arg(Some(claim.token));
+        let mode: &[u8] = match claim.mode {
+            LockMode::Exclusive => b"e",
+            LockMode::Shared => b"s",
+        };
+        let lease = claim.lease.as_millis().max(1).to_string();
+        let known = token_arg(known);
+        let queue: &[u8] = if queue { b"1" } else { b"" };
+        let args: [&[u8]; 6] = [
+            claim.owner.as_bytes(),
+            token.as_bytes(),
+            mode,
+            lease.as_bytes(),
+            known.as_bytes(),
+            queue,
+        ];
+        let reply = self.run(&self.scripts.lock_acquire, &k, &args).await?;
+        let Value::Array(mut items) = reply else {
+            return Err(corrupt(&k.lock, "unexpected lock reply"));
+        };
+        if items.len() < 2 {
+            return Err(corrupt(&k.lock, "unexpected lock reply length"));
+        }
+        let second = items.pop().unwrap_or(Value::Nil);
+        let granted = as_int(&items[0]).unwrap_or(0) == 1;
+        if !granted {
+            let ms = as_int(&second).unwrap_or(0).max(0) as u64;
+            return Ok(Acquired::Denied {
+                retry_in: Duration::from_millis(ms),
+            });
+        }
+        let loaded = match second {
+            Value::Nil => Loaded::Missing,
+            Value::Array(mut v) if v.len() == 1 => {
+                Loaded::Same(self.stat_of(v.pop().unwrap_or(Value::Nil), &k.data)?)
+            }
+            Value::Array(mut v) if v.len() == 2 => {
+                let data = v.pop().unwrap_or(Value::Nil);
+                let stat = v.pop().unwrap_or(Value::Nil);
+                Loaded::Changed(self.record(stat, data, &k.data)?)
+            }
+            v => {
+                return Err(corrupt(
+                    &k.data,
+                    format!("unexpected lock load reply {v:?}"),
+                ));
+            }
+        };
+        Ok(Acquired::Granted(loaded))
+    }
+
+    async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<bool> {
+        let k = self.keys_of(name);
+        let token = token_arg(Some(claim.token));
+        let lease = claim.lease.as_millis().max(1).to_string();
+        let args: [&[u8]; 3] = [claim.owner.as_bytes(), token.as_bytes(), lease.as_bytes()];
+        match self.run(&self.scripts.lock_renew, &k, &args).await? {
+            Value::Int(n) => Ok(n == 1),
+            v => Err(corrupt(&k.lock, format!("unexpected renew reply {v:?}"))),
+        }
+    }
+
+    async fn lock_release(&self, name: &SessionName, owner: &str, token: u64) -> Result<()> {
+        let k = self.keys_of(name);
+        let token = token_arg(Some(token));
+        let args: [&[u8]; 2] = [owner.as_bytes(), token.as_bytes()];
+        self.run(&self.scripts.lock_release, &k, &args).await?;
+        Ok(())
+    }
+
+    async fn events(&self, owner: &str) -> Result<UnboundedReceiver<Event>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let channel = format!("sessfs:{owner}");
+        let mut pubsub = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| classify(e, &channel))?;
+        pubsub
+            .subscribe(&channel)
+            .await
+            .map_err(|e| classify(e, &channel))?;
+        tokio::spawn(listen(
+            self.client.clone(),
+            pubsub,
+            channel,
+            self.keys.clone(),
+            tx,
+        ));
+        Ok(rx)
     }
 
     async fn remove(&self, name: &SessionName) -> Result<bool> {

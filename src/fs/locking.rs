@@ -1,0 +1,587 @@
+//! Carries out what `lock` decides: takes, renews and lets go of cluster locks in the store,
+//! parks waiting flock requests, answers them EINTR when their process has a signal to take,
+//! and reacts to the store's events (a lock let go elsewhere, another server waiting).
+//!
+//! Order that matters: a server's unsent writes reach the store, under its lock's token,
+//! before the store hears the lock is let go; a cluster lock is granted together with the
+//! content check, so the holder reads what the previous holder wrote.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::error::err;
+use super::{Fs, Result};
+use crate::keys::SessionName;
+use crate::lock::{self, Cluster, FileLocks, Mode, Request, Todo};
+use crate::store::{Acquired, Claim, Event, Loaded, Store, fresh_token};
+
+fn epoch_or(e: Option<u64>) -> u64 {
+    e.unwrap_or(u64::MAX)
+}
+
+/// How often waiting processes are checked for signals (fuse-facts.md 6).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+/// How long a waiter sleeps, at most, between tries when the store cannot be reached.
+const OUTAGE_RETRY: Duration = Duration::from_millis(500);
+
+/// The locks of the files open here, with the session each file's cluster lock is named after.
+#[derive(Default)]
+pub(super) struct LockTable {
+    pub(super) files: HashMap<u64, (SessionName, FileLocks)>,
+    /// Wakes the acquisition loop of a session when the store says its lock was let go.
+    wakers: HashMap<SessionName, Arc<Notify>>,
+    signal_checker: bool,
+}
+
+/// A line of `sessfs status`.
+#[derive(Debug, Clone)]
+pub struct LockStatus {
+    pub name: SessionName,
+    pub cluster: String,
+    pub held_for: Option<Duration>,
+    pub holders: usize,
+    pub waiters: Vec<(u32, Duration)>,
+}
+
+impl<S: Store> Fs<S> {
+    fn locks(&self) -> std::sync::MutexGuard<'_, LockTable> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn claim(&self, token: u64, mode: Mode) -> Claim<'_> {
+        Claim {
+            owner: &self.owner,
+            token,
+            mode,
+            lease: self.cfg.lock_lease,
+        }
+    }
+
+    /// The token writes to `ino` are fenced with, when this server holds its cluster lock.
+    pub(super) fn fence_token(&self, ino: u64) -> Option<u64> {
+        self.locks()
+            .files
+            .get(&ino)
+            .and_then(|(_, l)| l.fence_token())
+    }
+
+    /// Starts listening to the store's lock events for this server.
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
+        let mut events = self
+            .store
+            .events(&self.owner)
+            .await
+            .map_err(|e| super::Error::store(&"subscribing to lock events", e))?;
+        let fs = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Some(fs) = fs.upgrade() else { return };
+                fs.on_event(event);
+            }
+        });
+        Ok(())
+    }
+
+    fn on_event(self: &Arc<Self>, event: Event) {
+        tracing::debug!(?event, "lock event");
+        match event {
+            Event::Released(name) => {
+                if let Some(w) = self.locks().wakers.get(&name) {
+                    w.notify_one();
+                }
+            }
+            Event::Resync => {
+                for w in self.locks().wakers.values() {
+                    w.notify_one();
+                }
+            }
+            Event::Wanted(name) => {
+                let todos: Vec<(u64, Todo)> = {
+                    let mut t = self.locks();
+                    t.files
+                        .iter_mut()
+                        .filter(|(_, (n, _))| *n == name)
+                        .map(|(ino, (_, l))| (*ino, l.wanted()))
+                        .collect()
+                };
+                for (ino, todo) in todos {
+                    self.run_todo(ino, todo);
+                }
+            }
+        }
+    }
+
+    /// flock(2) as FUSE delivers it: `typ` is F_RDLCK, F_WRLCK or F_UNLCK. A blocking request
+    /// is answered only with success or EINTR, never another error (PHP would then run the
+    /// request without its lock).
+    pub async fn setlk(
+        self: &Arc<Self>,
+        fh: u64,
+        typ: i32,
+        blocking: bool,
+        pid: u32,
+    ) -> Result<()> {
+        let (ino, name) = {
+            let st = self.state();
+            let ino = Self::handle_ino(&st, fh)?;
+            let inode = &st.inodes[&ino];
+            (ino, inode.lock_name.clone())
+        };
+        let mode = match typ {
+            libc::F_RDLCK => Mode::Shared,
+            libc::F_WRLCK => Mode::Exclusive,
+            libc::F_UNLCK => {
+                self.unlock_fh(ino, fh);
+                return Ok(());
+            }
+            other => return Err(err!(EINVAL, Warn, "{name}: unknown lock type {other}")),
+        };
+        let (req, todo) = {
+            let mut t = self.locks();
+            let (_, l) = t
+                .files
+                .entry(ino)
+                .or_insert_with(|| (name.clone(), FileLocks::default()));
+            l.request(fh, mode, blocking, pid)
+        };
+        tracing::debug!(session = %name, fh, ?mode, blocking, ?req, ?todo, "flock");
+        self.run_todo(ino, todo);
+        match req {
+            Request::Granted => Ok(()),
+            Request::WouldBlock => Err(err!(EWOULDBLOCK, Debug, "{name}: locked")),
+            Request::Wait(rx) => {
+                self.ensure_signal_checker();
+                match rx.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(super::Error::new(
+                        e,
+                        super::error::Level::Debug,
+                        format!("{name}: lock wait interrupted by a signal"),
+                    )),
+                    Err(_) => Err(err!(EINTR, Warn, "{name}: lock wait abandoned")),
+                }
+            }
+            Request::TryCluster(mode) => self.try_cluster(ino, &name, fh, mode).await,
+        }
+    }
+
+    /// LOCK_NB when only the store can tell: one try, never queued.
+    async fn try_cluster(
+        self: &Arc<Self>,
+        ino: u64,
+        name: &SessionName,
+        fh: u64,
+        mode: Mode,
+    ) -> Result<()> {
+        let token = fresh_token();
+        let known = self.known_version(ino);
+        let epoch = self.epoch(ino);
+        let acquired = self
+            .store
+            .lock_acquire(name, &self.claim(token, mode), false, known)
+            .await
+            .map_err(|e| {
+                super::Error::new(
+                    libc::ENOLCK,
+                    super::error::Level::Error,
+                    format!("{name}: cannot reach the store to lock: {e}"),
+                )
+            })?;
+        match acquired {
+            Acquired::Denied { .. } => Err(err!(EWOULDBLOCK, Debug, "{name}: locked elsewhere")),
+            Acquired::Granted(loaded) => {
+                self.absorb_loaded(ino, epoch, loaded).await;
+                let outcome = {
+                    let mut t = self.locks();
+                    match t.files.get_mut(&ino) {
+                        Some((_, l)) => l.try_granted(fh, token, mode),
+                        None => Err(Todo {
+                            release: Some(token),
+                            ..Todo::default()
+                        }),
+                    }
+                };
+                match outcome {
+                    Ok(todo) => {
+                        self.spawn_renewal(ino, name.clone(), token, mode);
+                        self.run_todo(ino, todo);
+                        Ok(())
+                    }
+                    Err(todo) => {
+                        self.run_todo(ino, todo);
+                        Err(err!(EWOULDBLOCK, Debug, "{name}: locked"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The locks of `fh` go with it (close, or LOCK_UN).
+    pub(super) fn unlock_fh(self: &Arc<Self>, ino: u64, fh: u64) {
+        tracing::debug!(ino, fh, "unlock");
+        let todo = {
+            let mut t = self.locks();
+            match t.files.get_mut(&ino) {
+                Some((_, l)) => l.unlock(fh),
+                None => return,
+            }
+        };
+        self.run_todo(ino, todo);
+    }
+
+    fn known_version(&self, ino: u64) -> Option<u64> {
+        let st = self.state();
+        st.inodes
+            .get(&ino)
+            .filter(|i| i.data.is_some())
+            .and_then(|i| i.version)
+    }
+
+    fn epoch(&self, ino: u64) -> Option<u64> {
+        self.state().inodes.get(&ino).map(|i| i.epoch)
+    }
+
+    /// Takes in the content check that came with a cluster lock, if nothing changed here
+    /// while it was on its way; otherwise checks again with a plain load (the lock is held,
+    /// so that answer is final).
+    async fn absorb_loaded(&self, ino: u64, epoch: Option<u64>, mut loaded: Loaded) {
+        for _ in 0..super::MAX_REVALIDATIONS {
+            if self.apply_loaded(ino, epoch_or(epoch), loaded) {
+                return;
+            }
+            let now = self.epoch(ino);
+            let (name, known) = {
+                let st = self.state();
+                match st.inodes.get(&ino) {
+                    Some(i) => (i.lock_name.clone(), i.version.filter(|_| i.data.is_some())),
+                    None => return,
+                }
+            };
+            match self.store.load(&name, known).await {
+                Ok(l) => {
+                    loaded = l;
+                    if self.apply_loaded(ino, epoch_or(now), loaded.clone()) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(session = %name, "checking content after locking: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply_loaded(&self, ino: u64, epoch: u64, loaded: Loaded) -> bool {
+        let mut st = self.state();
+        let Some(inode) = st.inodes.get_mut(&ino) else {
+            return true;
+        };
+        if inode.is_dirty() {
+            return true;
+        }
+        if inode.epoch != epoch {
+            return false;
+        }
+        match loaded {
+            Loaded::Same(stat) => inode.absorb(&stat),
+            Loaded::Changed(rec) => {
+                inode.absorb(&rec.stat);
+                if inode.open > 0 {
+                    inode.data = Some(rec.data);
+                }
+                inode.size = rec.stat.size;
+                inode.epoch += 1;
+            }
+            // Deleted elsewhere: the open file keeps what it has, as an unlinked file would.
+            Loaded::Missing => {}
+        }
+        true
+    }
+
+    pub(super) fn run_todo(self: &Arc<Self>, ino: u64, todo: Todo) {
+        let name = {
+            let t = self.locks();
+            match t.files.get(&ino) {
+                Some((n, _)) => n.clone(),
+                None => return,
+            }
+        };
+        if todo != Todo::default() {
+            tracing::debug!(session = %name, ?todo, "cluster lock");
+        }
+        if let Some(mode) = todo.acquire {
+            let fs = self.clone();
+            let name = name.clone();
+            tokio::spawn(async move { fs.acquire_loop(ino, name, mode).await });
+        }
+        if let Some(token) = todo.release {
+            let fs = self.clone();
+            tokio::spawn(async move { fs.release_cluster(ino, name, token).await });
+        }
+        self.forget_idle_locks(ino);
+    }
+
+    fn forget_idle_locks(&self, ino: u64) {
+        let mut t = self.locks();
+        if t.files.get(&ino).is_some_and(|(_, l)| l.is_idle()) {
+            t.files.remove(&ino);
+        }
+    }
+
+    /// Sends what is pending under the lock, then lets the lock go.
+    async fn release_cluster(self: Arc<Self>, ino: u64, name: SessionName, token: u64) {
+        if let Err(e) = self.persist(ino).await {
+            tracing::error!(session = %name, "before releasing the lock: {e}");
+        }
+        tracing::debug!(session = %name, token, "lock release");
+        if let Err(e) = self.store.lock_release(&name, &self.owner, token).await {
+            tracing::warn!(
+                session = %name,
+                "could not release the cluster lock ({e}); it ends with its lease in {:?}",
+                self.cfg.lock_lease
+            );
+        }
+        let todo = {
+            let mut t = self.locks();
+            match t.files.get_mut(&ino) {
+                Some((_, l)) => l.cluster_released(token),
+                None => return,
+            }
+        };
+        self.run_todo(ino, todo);
+    }
+
+    fn waker(&self, name: &SessionName) -> Arc<Notify> {
+        self.locks()
+            .wakers
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
+    }
+
+    fn still_waiting(&self, ino: u64) -> bool {
+        self.locks()
+            .files
+            .get(&ino)
+            .is_some_and(|(_, l)| l.has_waiters())
+    }
+
+    /// Queues this server for the session's lock until it is granted or nobody here waits.
+    async fn acquire_loop(self: Arc<Self>, ino: u64, name: SessionName, mode: Mode) {
+        let token = fresh_token();
+        let waker = self.waker(&name);
+        let mut outage_logged = false;
+        let granted = loop {
+            if !self.still_waiting(ino) {
+                break false;
+            }
+            let known = self.known_version(ino);
+            let epoch = self.epoch(ino);
+            let attempt = self
+                .store
+                .lock_acquire(&name, &self.claim(token, mode), true, known)
+                .await;
+            tracing::debug!(session = %name, token, ?attempt, "lock acquire");
+            match attempt {
+                Ok(Acquired::Granted(loaded)) => {
+                    if outage_logged {
+                        tracing::info!(session = %name, "store reachable again; lock taken");
+                    }
+                    self.absorb_loaded(ino, epoch, loaded).await;
+                    break true;
+                }
+                Ok(Acquired::Denied { retry_in }) => {
+                    // Woken by the holder's release; the timer covers a holder that died and
+                    // never releases (its lease runs out).
+                    let limit = retry_in.clamp(Duration::from_millis(20), self.cfg.lock_lease);
+                    tokio::select! {
+                        _ = waker.notified() => {}
+                        _ = tokio::time::sleep(limit) => {}
+                    }
+                }
+                Err(e) => {
+                    if !outage_logged {
+                        tracing::warn!(
+                            session = %name,
+                            "waiting for the session lock; the store is unreachable: {e}"
+                        );
+                        outage_logged = true;
+                    }
+                    tokio::select! {
+                        _ = waker.notified() => {}
+                        _ = tokio::time::sleep(OUTAGE_RETRY) => {}
+                    }
+                }
+            }
+        };
+        {
+            let mut t = self.locks();
+            let other_loop = t.files.iter().any(|(i, (n, l))| {
+                *i != ino && *n == name && matches!(l.cluster, Cluster::Acquiring(_))
+            });
+            if !other_loop {
+                t.wakers.remove(&name);
+            }
+        }
+        if granted {
+            let todo = {
+                let mut t = self.locks();
+                match t.files.get_mut(&ino) {
+                    Some((_, l)) => Some(l.cluster_granted(token, mode)),
+                    None => None,
+                }
+            };
+            match todo {
+                Some(todo) => {
+                    self.spawn_renewal(ino, name, token, mode);
+                    self.run_todo(ino, todo);
+                }
+                None => {
+                    let _ = self.store.lock_release(&name, &self.owner, token).await;
+                }
+            }
+        } else {
+            // Nobody waits any more: leave the queue.
+            if let Err(e) = self.store.lock_release(&name, &self.owner, token).await {
+                tracing::debug!(session = %name, "leaving the lock queue: {e}");
+            }
+            let todo = {
+                let mut t = self.locks();
+                t.files.get_mut(&ino).map(|(_, l)| l.acquisition_ended())
+            };
+            if let Some(todo) = todo {
+                self.run_todo(ino, todo);
+            }
+        }
+    }
+
+    /// Keeps a held cluster lock's lease alive; reports it lost if the store says so.
+    fn spawn_renewal(self: &Arc<Self>, ino: u64, name: SessionName, token: u64, mode: Mode) {
+        let fs = Arc::downgrade(self);
+        let every = self.cfg.lock_lease / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(fs) = fs.upgrade() else { return };
+                let held = fs.locks().files.get(&ino).is_some_and(
+                    |(_, l)| matches!(l.cluster, Cluster::Held { token: t, .. } if t == token),
+                );
+                if !held {
+                    return;
+                }
+                match fs.store.lock_renew(&name, &fs.claim(token, mode)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(
+                            session = %name,
+                            "the session's cluster lock was lost (its lease of {:?} ran out); \
+                             writes made under it are refused",
+                            fs.cfg.lock_lease
+                        );
+                        let todo = {
+                            let mut t = fs.locks();
+                            t.files.get_mut(&ino).map(|(_, l)| l.cluster_lost(token))
+                        };
+                        if let Some(todo) = todo {
+                            fs.run_todo(ino, todo);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = %name, "could not renew the lock lease: {e}");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs while any request waits: answers EINTR to those whose process has a signal to
+    /// take, removing them from the queue in the same step.
+    fn ensure_signal_checker(self: &Arc<Self>) {
+        {
+            let mut t = self.locks();
+            if t.signal_checker {
+                return;
+            }
+            t.signal_checker = true;
+        }
+        let fs = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SIGNAL_CHECK).await;
+                let Some(fs) = fs.upgrade() else { return };
+                let waiting: Vec<(u64, u64, u32)> = {
+                    let mut t = fs.locks();
+                    let w: Vec<_> = t
+                        .files
+                        .iter()
+                        .flat_map(|(ino, (_, l))| {
+                            l.waiting_pids()
+                                .into_iter()
+                                .map(|(fh, pid)| (*ino, fh, pid))
+                        })
+                        .collect();
+                    if w.is_empty() {
+                        t.signal_checker = false;
+                        return;
+                    }
+                    w
+                };
+                for (ino, fh, pid) in waiting {
+                    if !lock::signal_pending(pid) {
+                        continue;
+                    }
+                    let todo = {
+                        let mut t = fs.locks();
+                        t.files.get_mut(&ino).map(|(_, l)| l.cancel(fh, pid))
+                    };
+                    if let Some((true, todo)) = todo {
+                        tracing::debug!(pid, "lock wait interrupted by a signal");
+                        fs.run_todo(ino, todo);
+                        // Let the acquisition loop see that nobody waits any more.
+                        let name = fs.locks().files.get(&ino).map(|(n, _)| n.clone());
+                        if let Some(name) = name {
+                            if let Some(w) = fs.locks().wakers.get(&name) {
+                                w.notify_one();
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// The locks this server holds and the requests waiting, for `sessfs status`.
+    pub fn lock_status(&self) -> Vec<LockStatus> {
+        let now = Instant::now();
+        let t = self.locks();
+        let mut out: Vec<LockStatus> = t
+            .files
+            .values()
+            .map(|(name, l)| {
+                let (cluster, held_for) = match l.cluster {
+                    Cluster::None => ("none".to_string(), None),
+                    Cluster::Acquiring(m) => (format!("waiting ({m:?})"), None),
+                    Cluster::Held { mode, since, .. } => {
+                        (format!("held ({mode:?})"), Some(now - since))
+                    }
+                    Cluster::Lost { .. } => ("lost".to_string(), None),
+                    Cluster::Releasing { .. } => ("releasing".to_string(), None),
+                };
+                LockStatus {
+                    name: name.clone(),
+                    cluster,
+                    held_for,
+                    holders: l.holders().len(),
+                    waiters: l.waiters().map(|w| (w.pid, now - w.since)).collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
