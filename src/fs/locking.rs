@@ -430,10 +430,7 @@ impl<S: Store> Fs<S> {
         if granted {
             let todo = {
                 let mut t = self.locks();
-                match t.files.get_mut(&ino) {
-                    Some((_, l)) => Some(l.cluster_granted(token, mode)),
-                    None => None,
-                }
+                t.files.get_mut(&ino).map(|(_, l)| l.cluster_granted(token, mode))
             };
             match todo {
                 Some(todo) => {
@@ -544,11 +541,10 @@ impl<S: Store> Fs<S> {
                         fs.run_todo(ino, todo);
                         // Let the acquisition loop see that nobody waits any more.
                         let name = fs.locks().files.get(&ino).map(|(n, _)| n.clone());
-                        if let Some(name) = name {
-                            if let Some(w) = fs.locks().wakers.get(&name) {
+                        if let Some(name) = name
+                            && let Some(w) = fs.locks().wakers.get(&name) {
                                 w.notify_one();
                             }
-                        }
                     }
                 }
             }

@@ -562,3 +562,68 @@ async fn forgotten_inodes_leave_no_trace() {
     assert!(st.by_name.is_empty());
     assert!(st.handles.is_empty());
 }
+
+async fn open_existing(fs: &Arc<Fs<MemoryStore>>, id: &str) -> u64 {
+    let ino = fs.lookup(ROOT_INO, id.as_bytes()).await.unwrap().ino;
+    fs.open(ino, OpenFlags::default(), WWW).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_lock_on_one_server_excludes_the_other_until_close() {
+    let s = store();
+    let (a, b) = (mount(&s), mount(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    php_request(&a, "sess_lk", Some(b"0")).await;
+    let fa = open_existing(&a, "sess_lk").await;
+    a.setlk(fa, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    let fb = open_existing(&b, "sess_lk").await;
+    let e = b
+        .setlk(fb, libc::F_WRLCK, false, std::process::id())
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EWOULDBLOCK);
+    let b2 = b.clone();
+    let waiting =
+        tokio::spawn(async move { b2.setlk(fb, libc::F_WRLCK, true, std::process::id()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "B waits while A holds");
+    a.write(fa, 0, b"1").unwrap();
+    a.flush(fa).await.unwrap();
+    a.release(fa).await.unwrap();
+    let granted = tokio::time::timeout(Duration::from_secs(2), waiting).await;
+    assert!(matches!(granted, Ok(Ok(Ok(())))), "{granted:?}");
+    // The lock came with A's last write.
+    assert_eq!(b.read(fb, 0, 10).unwrap(), b"1");
+    b.release(fb).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_under_a_lapsed_lease_is_refused() {
+    let s = store();
+    let (a, b) = (mount(&s), mount(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    php_request(&a, "sess_fz", Some(b"old")).await;
+    let fa = open_existing(&a, "sess_fz").await;
+    a.setlk(fa, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    a.write(fa, 0, b"stale").unwrap();
+    // A stops renewing (as if frozen) and its lease runs out in the store's clock.
+    s.advance(Duration::from_secs(5));
+    let fb = open_existing(&b, "sess_fz").await;
+    b.setlk(fb, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    b.write(fb, 0, b"fresh").unwrap();
+    b.flush(fb).await.unwrap();
+    b.release(fb).await.unwrap();
+    let e = a.flush(fa).await.unwrap_err();
+    assert_eq!(e.errno, libc::EIO);
+    assert!(e.message.contains("lock"), "{}", e.message);
+    let _ = a.release(fa).await;
+    assert_eq!(s.raw(&name("sess_fz")).unwrap(), b"fresh");
+}

@@ -358,11 +358,10 @@ async fn listen(
                     .map(Event::Wanted),
                 _ => None,
             };
-            if let Some(e) = event {
-                if tx.send(e).is_err() {
+            if let Some(e) = event
+                && tx.send(e).is_err() {
                     return;
                 }
-            }
         }
         tracing::warn!(channel, "lock event subscription lost; reconnecting");
         loop {
