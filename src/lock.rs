@@ -236,9 +236,10 @@ impl FileLocks {
 
     pub fn cluster_lost(&mut self, token: u64) -> Todo {
         if let Cluster::Held { token: t, .. } = self.cluster
-            && t == token {
-                self.cluster = Cluster::Lost { token };
-            }
+            && t == token
+        {
+            self.cluster = Cluster::Lost { token };
+        }
         self.pump()
     }
 
@@ -298,9 +299,10 @@ impl FileLocks {
         });
         match (self.cluster, needed) {
             (Cluster::Held { token, mode, .. }, Some(n))
-                if (!covers(mode, n) || self.wanted_elsewhere) => {
-                    todo.release = Some(token);
-                }
+                if (!covers(mode, n) || self.wanted_elsewhere) =>
+            {
+                todo.release = Some(token);
+            }
             (Cluster::Held { token, .. }, None) | (Cluster::Lost { token }, _) => {
                 todo.release = Some(token);
             }

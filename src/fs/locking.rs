@@ -430,7 +430,9 @@ impl<S: Store> Fs<S> {
         if granted {
             let todo = {
                 let mut t = self.locks();
-                t.files.get_mut(&ino).map(|(_, l)| l.cluster_granted(token, mode))
+                t.files
+                    .get_mut(&ino)
+                    .map(|(_, l)| l.cluster_granted(token, mode))
             };
             match todo {
                 Some(todo) => {
@@ -542,9 +544,10 @@ impl<S: Store> Fs<S> {
                         // Let the acquisition loop see that nobody waits any more.
                         let name = fs.locks().files.get(&ino).map(|(n, _)| n.clone());
                         if let Some(name) = name
-                            && let Some(w) = fs.locks().wakers.get(&name) {
-                                w.notify_one();
-                            }
+                            && let Some(w) = fs.locks().wakers.get(&name)
+                        {
+                            w.notify_one();
+                        }
                     }
                 }
             }

@@ -359,9 +359,10 @@ async fn listen(
                 _ => None,
             };
             if let Some(e) = event
-                && tx.send(e).is_err() {
-                    return;
-                }
+                && tx.send(e).is_err()
+            {
+                return;
+            }
         }
         tracing::warn!(channel, "lock event subscription lost; reconnecting");
         loop {
