@@ -30,6 +30,10 @@ use error::err;
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub const ROOT_INO: u64 = 1;
+/// `.sessfs-status`: what this server holds and waits for, read by `sessfs status`. A dot
+/// name is never a session, so it cannot collide with one; readdir does not list it.
+pub const STATUS_INO: u64 = 2;
+pub const STATUS_NAME: &str = ".sessfs-status";
 
 /// How often an open asks the store again when local changes keep overtaking the answer.
 const MAX_REVALIDATIONS: usize = 20;
@@ -230,6 +234,8 @@ struct State {
     by_name: HashMap<SessionName, u64>,
     handles: HashMap<u64, Handle>,
     dirs: HashMap<u64, DirHandle>,
+    /// Open handles of the status file, each with the text as it was at open.
+    status: HashMap<u64, Arc<Vec<u8>>>,
     next_fh: u64,
 }
 
@@ -242,7 +248,7 @@ fn hash_ino(name: &SessionName) -> u64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (h >> 1).max(2)
+    (h >> 1).max(STATUS_INO + 1)
 }
 
 impl State {
@@ -258,9 +264,9 @@ impl State {
         }
         let mut ino = hash_ino(name);
         // A collision, or an unlinked inode still open under the same name's number: probe.
-        while ino == ROOT_INO || self.inodes.contains_key(&ino) {
+        while ino <= STATUS_INO || self.inodes.contains_key(&ino) {
             ino = ino.wrapping_add(0x9E37_79B9) >> 1;
-            ino = ino.max(2);
+            ino = ino.max(STATUS_INO + 1);
         }
         self.inodes.insert(ino, Inode::new(name.clone(), stat));
         self.by_name.insert(name.clone(), ino);
@@ -399,6 +405,9 @@ impl<S: Store> Fs<S> {
     /// new as the open that validated it), else from the store.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         Self::check_parent(parent)?;
+        if name == STATUS_NAME.as_bytes() {
+            return Ok(self.status_attr(0));
+        }
         let name = match parse_name(name) {
             Ok(n) => n,
             Err(NameError::TooLong) => {
@@ -452,6 +461,9 @@ impl<S: Store> Fs<S> {
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
         if ino == ROOT_INO {
             return Ok(self.root_attr());
+        }
+        if ino == STATUS_INO {
+            return Ok(self.status_attr(0));
         }
         let name = {
             let st = self.state();
@@ -528,6 +540,13 @@ impl<S: Store> Fs<S> {
     }
 
     pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<u64> {
+        if ino == STATUS_INO {
+            let text = Arc::new(self.status_text().into_bytes());
+            let mut st = self.state();
+            let fh = st.fresh_fh();
+            st.status.insert(fh, text);
+            return Ok(fh);
+        }
         let name = {
             let mut st = self.state();
             let inode = st
@@ -706,6 +725,9 @@ impl<S: Store> Fs<S> {
     /// Attributes of an open file: this server's view, which includes its unsent writes.
     pub fn getattr_open(&self, fh: u64) -> Result<Attr> {
         let st = self.state();
+        if let Some(text) = st.status.get(&fh) {
+            return Ok(self.status_attr(text.len() as u64));
+        }
         let ino = Self::handle_ino(&st, fh)?;
         let inode = &st.inodes[&ino];
         Ok(Self::attr_of(ino, inode))
@@ -713,9 +735,16 @@ impl<S: Store> Fs<S> {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let st = self.state();
-        let ino = Self::handle_ino(&st, fh)?;
-        let inode = &st.inodes[&ino];
-        let Some(data) = &inode.data else {
+        let status = st.status.get(&fh);
+        let ino = match status {
+            Some(_) => STATUS_INO,
+            None => Self::handle_ino(&st, fh)?,
+        };
+        let data = match status {
+            Some(text) => Some(text),
+            None => st.inodes[&ino].data.as_ref(),
+        };
+        let Some(data) = data else {
             return Err(err!(EIO, Error, "inode {ino}: open file has no content"));
         };
         let start = (offset.min(data.len() as u64)) as usize;
@@ -847,6 +876,9 @@ impl<S: Store> Fs<S> {
     /// The last close of a file: sends what a failed flush left, then moves the content to the
     /// cache.
     pub async fn release(self: &Arc<Self>, fh: u64) -> Result<()> {
+        if self.state().status.remove(&fh).is_some() {
+            return Ok(());
+        }
         let ino = {
             let st = self.state();
             Self::handle_ino(&st, fh)?
@@ -1178,6 +1210,59 @@ impl<S: Store> Fs<S> {
             }
             dir.cursor = (next != 0).then_some(next);
         }
+    }
+
+    fn status_attr(&self, size: u64) -> Attr {
+        Attr {
+            ino: STATUS_INO,
+            kind: Kind::File,
+            size,
+            mode: 0o400,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            mtime: SystemTime::now(),
+            ctime: SystemTime::now(),
+        }
+    }
+
+    /// The text of `.sessfs-status`.
+    pub fn status_text(&self) -> String {
+        use std::fmt::Write;
+        let (inodes, open) = {
+            let st = self.state();
+            (st.inodes.len(), st.handles.len())
+        };
+        let (cached, cached_bytes) = {
+            let c = self.cache();
+            (c.entries(), c.bytes())
+        };
+        let locks = self.lock_status();
+        let mut out = String::new();
+        let _ = writeln!(out, "server {}", self.owner);
+        let _ = writeln!(
+            out,
+            "files known {inodes}, open {open}, cached {cached} ({cached_bytes} bytes)"
+        );
+        let _ = writeln!(out, "locks {}", locks.len());
+        for l in &locks {
+            let held = l
+                .held_for
+                .map(|d| format!(" for {:.3}s", d.as_secs_f64()))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} cluster {}{held}, local holders {}, waiting {}",
+                l.name,
+                l.cluster,
+                l.holders,
+                l.waiters.len()
+            );
+            for (pid, waited) in &l.waiters {
+                let _ = writeln!(out, "    pid {pid} waiting {:.3}s", waited.as_secs_f64());
+            }
+        }
+        out
     }
 
     /// Refusals for what a session directory does not hold, each logged by the edge.

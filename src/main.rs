@@ -8,6 +8,10 @@ use sessfs::config::{Cli, Options, StoreUrl};
 use sessfs::daemon::{self, Failure, Notify, exit};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("status") {
+        return status(args.get(2));
+    }
     let (mut notify, secret_url) = Notify::from_env();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -38,4 +42,26 @@ fn start(cli: &Cli, secret_url: Option<String>, notify: &mut Notify) -> Result<(
     }
     daemon::init_logging(&opts, notify.is_background())?;
     daemon::run(cli, &opts, &url, notify)
+}
+
+/// `sessfs status MOUNTPOINT`: what that mount's daemon holds and waits for.
+fn status(mountpoint: Option<&String>) -> ExitCode {
+    let Some(m) = mountpoint else {
+        eprintln!("usage: sessfs status MOUNTPOINT");
+        return ExitCode::from(exit::USAGE);
+    };
+    let path = std::path::Path::new(m).join(sessfs::fs::STATUS_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "sessfs: {}: {e} (is a sessfs mount there? root only)",
+                path.display()
+            );
+            ExitCode::from(exit::RUNTIME)
+        }
+    }
 }

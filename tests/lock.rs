@@ -328,6 +328,22 @@ fn a_held_session_does_not_slow_other_sessions_on_the_same_mount() {
         .arg("1")
         .spawn()
         .unwrap());
+    let mut shown = String::new();
+    wait_until("status to show the waiter", Duration::from_secs(5), || {
+        let out = Command::new(SESSFS)
+            .arg("status")
+            .arg(&a.dir)
+            .output()
+            .unwrap();
+        shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        shown.contains("pid ")
+    });
+    eprintln!("sessfs status:\n{shown}");
+    assert!(
+        shown.contains("sess_heldx1 cluster held (Exclusive)"),
+        "{shown}"
+    );
+    assert!(shown.contains("local holders 1, waiting 1"), "{shown}");
     let busy = run("otherbusy1");
     eprintln!(
         "300 requests on another session: {:?} with nothing held, {:?} while a session is held \
