@@ -38,6 +38,9 @@ pub const STATUS_NAME: &str = ".sessfs-status";
 /// How often an open asks the store again when local changes keep overtaking the answer.
 const MAX_REVALIDATIONS: usize = 20;
 
+/// How long a lookup's answer may stand in for an open's check (both are one open(2)).
+const LOOKUP_VALIDITY: Duration = Duration::from_millis(200);
+
 /// Who is asking: from the FUSE request header.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -154,6 +157,11 @@ struct Inode {
     /// raced with a write knows the write still needs sending.
     dirty: u64,
     flushed: u64,
+    /// The store's answer to the last lookup of this name: when, for which process, and the
+    /// version it reported. An open by the same process right after (the kernel looks a name up
+    /// inside every open(2), the entry TTL being 0) needs no second round trip when the copy
+    /// held here is that version.
+    looked_up: Option<(std::time::Instant, u32, Option<u64>)>,
     /// Bumped on every change of content or version. A store answer is applied only if the
     /// epoch did not move while it was on its way: otherwise a newer local state (a write, a
     /// flush, a fresher answer) would be overwritten by an older one.
@@ -175,6 +183,7 @@ impl Inode {
             dirty: 0,
             flushed: 0,
             epoch: 0,
+            looked_up: None,
         }
     }
 
@@ -403,7 +412,7 @@ impl<S: Store> Fs<S> {
 
     /// Looks a name up: from this server's open file if there is one (its state is at least as
     /// new as the open that validated it), else from the store.
-    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+    pub async fn lookup(&self, parent: u64, name: &[u8], pid: u32) -> Result<Attr> {
         Self::check_parent(parent)?;
         if name == STATUS_NAME.as_bytes() {
             return Ok(self.status_attr(0));
@@ -445,6 +454,7 @@ impl<S: Store> Fs<S> {
             .ok_or_else(|| err!(EIO, Error, "{name}: inode vanished"))?;
         if inode.open == 0 && before.is_none_or(|e| e == inode.epoch) {
             inode.absorb(&stat);
+            inode.looked_up = Some((std::time::Instant::now(), pid, stat.version));
         }
         inode.lookups += 1;
         Ok(Self::attr_of(ino, inode))
@@ -563,6 +573,9 @@ impl<S: Store> Fs<S> {
             }
             name
         };
+        if let Some(fh) = self.open_from_lookup(ino, &name, flags, caller.pid) {
+            return Ok(fh);
+        }
         // Validate, and apply the answer only if nothing newer arrived here meanwhile;
         // otherwise ask again (bounded: each retry follows a local change).
         for _ in 0..MAX_REVALIDATIONS {
@@ -617,6 +630,33 @@ impl<S: Store> Fs<S> {
             Error,
             "{name}: content kept changing here while it was being validated"
         ))
+    }
+
+    /// Opens without a round trip when this process's lookup, a moment ago inside the same
+    /// open(2), found the version of the copy cached here.
+    fn open_from_lookup(
+        &self,
+        ino: u64,
+        name: &SessionName,
+        flags: OpenFlags,
+        pid: u32,
+    ) -> Option<u64> {
+        let cached = self.cache().get(name)?;
+        let mut st = self.state();
+        let inode = st.inodes.get_mut(&ino)?;
+        let (when, who, version) = inode.looked_up.take()?;
+        let fresh = who == pid
+            && when.elapsed() < LOOKUP_VALIDITY
+            && version == Some(cached.version)
+            && inode.open == 0
+            && !inode.is_dirty();
+        if !fresh {
+            return None;
+        }
+        inode.data = Some(cached.data);
+        inode.version = Some(cached.version);
+        inode.epoch += 1;
+        Self::new_handle(&mut st, ino, flags).ok()
     }
 
     fn epoch_of_ino(&self, ino: u64) -> Option<u64> {

@@ -123,8 +123,9 @@ impl<S: Store> Filesystem for FuseFs<S> {
         let fs = self.fs.clone();
         let name = name.as_bytes().to_vec();
         let id = req.unique().0;
+        let pid = req.pid();
         self.spawn("lookup", req, async move {
-            match fs.lookup(parent.0, &name).await {
+            match fs.lookup(parent.0, &name, pid).await {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(report("lookup", id, &e)),
             }

@@ -57,7 +57,7 @@ fn name(s: &str) -> SessionName {
 /// What PHP's files handler does for one request that writes `data` (open O_CREAT, fstat,
 /// read, ftruncate(0), pwrite, close); returns what it read.
 async fn php_request(fs: &Arc<Fs<MemoryStore>>, id: &str, data: Option<&[u8]>) -> Vec<u8> {
-    let (ino, fh) = match fs.lookup(ROOT_INO, id.as_bytes()).await {
+    let (ino, fh) = match fs.lookup(ROOT_INO, id.as_bytes(), WWW.pid).await {
         Ok(a) => (a.ino, fs.open(a.ino, create_flags(), WWW).await.unwrap()),
         Err(e) => {
             assert_eq!(e.errno, libc::ENOENT);
@@ -157,9 +157,10 @@ async fn an_unchanged_copy_is_validated_not_sent_again() {
     php_request(&a, "sess_c", Some(&[b'z'; 500])).await;
     php_request(&b, "sess_c", None).await;
     let before = s.round_trips();
-    // lookup + open(validate) + touch: three round trips, content served from b's cache.
+    // lookup + touch: two round trips. The open's check is the lookup's answer (same process,
+    // same open(2)), and the content comes from b's cache.
     assert_eq!(php_request(&b, "sess_c", None).await, vec![b'z'; 500]);
-    assert_eq!(s.round_trips() - before, 3);
+    assert_eq!(s.round_trips() - before, 2);
     // A change elsewhere is seen, cache or not.
     php_request(&a, "sess_c", Some(b"new")).await;
     assert_eq!(php_request(&b, "sess_c", None).await, b"new");
@@ -188,7 +189,7 @@ async fn a_session_only_phpredis_wrote_shows_the_default_owner() {
     let s = store();
     let a = mount(&s);
     s.foreign_write(&name("sess_p"), b"a|s:1:\"b\";");
-    let attr = a.lookup(ROOT_INO, b"sess_p").await.unwrap();
+    let attr = a.lookup(ROOT_INO, b"sess_p", 9).await.unwrap();
     assert_eq!((attr.uid, attr.mode, attr.size), (33, 0o600, 10));
     assert_eq!(php_request(&a, "sess_p", None).await, b"a|s:1:\"b\";");
 }
@@ -211,7 +212,7 @@ async fn touch_refreshes_the_lifetime() {
         s.raw(&name("sess_t")).is_none(),
         "expired 100 s after the touch"
     );
-    let e = a.lookup(ROOT_INO, b"sess_t").await.unwrap_err();
+    let e = a.lookup(ROOT_INO, b"sess_t", 9).await.unwrap_err();
     assert_eq!(e.errno, libc::ENOENT);
 }
 
@@ -221,7 +222,7 @@ async fn touch_moves_mtime_and_ctime() {
     let (a, b) = (mount(&s), mount(&s));
     php_request(&a, "sess_m", Some(b"d")).await;
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-    let attr = a.lookup(ROOT_INO, b"sess_m").await.unwrap();
+    let attr = a.lookup(ROOT_INO, b"sess_m", 9).await.unwrap();
     a.setattr(
         attr.ino,
         None,
@@ -234,7 +235,7 @@ async fn touch_moves_mtime_and_ctime() {
     )
     .await
     .unwrap();
-    let seen = b.lookup(ROOT_INO, b"sess_m").await.unwrap();
+    let seen = b.lookup(ROOT_INO, b"sess_m", 9).await.unwrap();
     assert_eq!(seen.mtime, t);
     assert!(seen.ctime > t, "ctime is the time of the change");
 }
@@ -255,7 +256,7 @@ async fn exclusive_create_truncate_and_append() {
         .unwrap_err();
     assert_eq!(e.errno, libc::EEXIST);
 
-    let ino = a.lookup(ROOT_INO, b"sess_e").await.unwrap().ino;
+    let ino = a.lookup(ROOT_INO, b"sess_e", 9).await.unwrap().ino;
     let append = OpenFlags {
         append: true,
         ..OpenFlags::default()
@@ -326,7 +327,7 @@ async fn unlink_of_an_open_file_keeps_the_handle_and_the_name_gone() {
     let s = store();
     let a = mount(&s);
     php_request(&a, "sess_u", Some(b"old")).await;
-    let ino = a.lookup(ROOT_INO, b"sess_u").await.unwrap().ino;
+    let ino = a.lookup(ROOT_INO, b"sess_u", 9).await.unwrap().ino;
     let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
     a.unlink(ROOT_INO, b"sess_u").await.unwrap();
     assert_eq!(a.read(fh, 0, 10).unwrap(), b"old");
@@ -347,7 +348,7 @@ async fn a_delete_on_another_server_is_not_undone_by_a_late_write() {
     let s = store();
     let (a, b) = (mount(&s), mount(&s));
     php_request(&a, "sess_d", Some(b"logged in")).await;
-    let ino = a.lookup(ROOT_INO, b"sess_d").await.unwrap().ino;
+    let ino = a.lookup(ROOT_INO, b"sess_d", 9).await.unwrap().ino;
     let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
     b.unlink(ROOT_INO, b"sess_d").await.unwrap();
     a.write(fh, 0, b"still logged in").unwrap();
@@ -357,7 +358,7 @@ async fn a_delete_on_another_server_is_not_undone_by_a_late_write() {
     // ... and a new session under the same name is not overwritten by an old handle either.
     let fh = {
         php_request(&a, "sess_d", Some(b"v1")).await;
-        let ino = a.lookup(ROOT_INO, b"sess_d").await.unwrap().ino;
+        let ino = a.lookup(ROOT_INO, b"sess_d", 9).await.unwrap().ino;
         a.open(ino, OpenFlags::default(), WWW).await.unwrap()
     };
     b.unlink(ROOT_INO, b"sess_d").await.unwrap();
@@ -373,7 +374,7 @@ async fn processes_of_one_server_see_each_others_writes() {
     let s = store();
     let a = mount(&s);
     php_request(&a, "sess_l", Some(b"v1")).await;
-    let ino = a.lookup(ROOT_INO, b"sess_l").await.unwrap().ino;
+    let ino = a.lookup(ROOT_INO, b"sess_l", 9).await.unwrap().ino;
     let f1 = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
     let f2 = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
     a.write(f1, 0, b"v2").unwrap();
@@ -392,14 +393,14 @@ async fn store_outage_is_eio_then_recovers_without_losing_the_write() {
     let s = store();
     let a = mount(&s);
     php_request(&a, "sess_o", Some(b"before")).await;
-    let ino = a.lookup(ROOT_INO, b"sess_o").await.unwrap().ino;
+    let ino = a.lookup(ROOT_INO, b"sess_o", 9).await.unwrap().ino;
     let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
     a.write(fh, 0, b"during").unwrap();
     s.set_down(true);
     let e = a.flush(fh).await.unwrap_err();
     assert_eq!(e.errno, libc::EIO);
     assert!(e.message.contains("sess_o"), "{}", e.message);
-    let e = a.lookup(ROOT_INO, b"sess_other").await.unwrap_err();
+    let e = a.lookup(ROOT_INO, b"sess_other", 9).await.unwrap_err();
     assert_eq!(e.errno, libc::EIO);
     s.set_down(false);
     // The release retries what the flush could not send.
@@ -443,7 +444,7 @@ async fn readdir_lists_every_session_once_across_pages() {
     let fh = a.opendir(ROOT_INO).unwrap();
     let page = a.readdir(fh, 2).await.unwrap();
     let first = &page[0];
-    let attr = a.lookup(ROOT_INO, first.name.as_bytes()).await.unwrap();
+    let attr = a.lookup(ROOT_INO, first.name.as_bytes(), 9).await.unwrap();
     assert_eq!(attr.ino, first.ino);
     // Rewinding lists from the start again.
     let again = a.readdir(fh, 0).await.unwrap();
@@ -462,7 +463,7 @@ async fn names_outside_the_charset_are_refused_clearly() {
             .unwrap_err();
         assert_eq!(e.errno, libc::EINVAL, "{}", String::from_utf8_lossy(bad));
         assert_eq!(
-            a.lookup(ROOT_INO, bad).await.unwrap_err().errno,
+            a.lookup(ROOT_INO, bad, 9).await.unwrap_err().errno,
             libc::ENOENT
         );
     }
@@ -509,7 +510,7 @@ async fn owner_mode_and_permission_changes() {
     );
     a.setattr(attr.ino, None, chown, ROOT).await.unwrap();
     let b = mount(&s);
-    let seen = b.lookup(ROOT_INO, b"sess_own").await.unwrap();
+    let seen = b.lookup(ROOT_INO, b"sess_own", 9).await.unwrap();
     assert_eq!((seen.uid, seen.mode), (0, 0o600));
 }
 
@@ -518,7 +519,7 @@ async fn truncate_by_path_reaches_the_store_at_once() {
     let s = store();
     let a = mount(&s);
     php_request(&a, "sess_tp", Some(b"abcdef")).await;
-    let ino = a.lookup(ROOT_INO, b"sess_tp").await.unwrap().ino;
+    let ino = a.lookup(ROOT_INO, b"sess_tp", 9).await.unwrap().ino;
     let attr = a
         .setattr(
             ino,
@@ -540,7 +541,7 @@ async fn open_with_o_creat_of_a_name_deleted_elsewhere_creates_it() {
     let s = store();
     let (a, b) = (mount(&s), mount(&s));
     php_request(&a, "sess_z", Some(b"x")).await;
-    let ino = a.lookup(ROOT_INO, b"sess_z").await.unwrap().ino;
+    let ino = a.lookup(ROOT_INO, b"sess_z", 9).await.unwrap().ino;
     b.unlink(ROOT_INO, b"sess_z").await.unwrap();
     let fh = a.open(ino, create_flags(), WWW).await.unwrap();
     assert_eq!(a.getattr_open(fh).unwrap().size, 0);
@@ -564,7 +565,11 @@ async fn forgotten_inodes_leave_no_trace() {
 }
 
 async fn open_existing(fs: &Arc<Fs<MemoryStore>>, id: &str) -> u64 {
-    let ino = fs.lookup(ROOT_INO, id.as_bytes()).await.unwrap().ino;
+    let ino = fs
+        .lookup(ROOT_INO, id.as_bytes(), WWW.pid)
+        .await
+        .unwrap()
+        .ino;
     fs.open(ino, OpenFlags::default(), WWW).await.unwrap()
 }
 
