@@ -416,6 +416,8 @@ pub fn run(cli: &Cli, opts: &Options, url: &StoreUrl, notify: &mut Notify) -> Re
     if let Err(e) = ended {
         tracing::warn!("unmount: {e}");
     }
+    // Locks kept for requests that will not come to this server any more.
+    rt.block_on(fs.release_all());
     rt.shutdown_timeout(Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())

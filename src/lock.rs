@@ -80,6 +80,10 @@ pub struct FileLocks {
     /// Another server waits for this session: hand it over at the next chance instead of
     /// granting local waiters first.
     pub wanted_elsewhere: bool,
+    /// When the last local holder or waiter left. A cluster lock nobody here uses is kept (a
+    /// lease: the next request here needs no round trip to lock) until another server asks
+    /// for it or it stays unused for a renewal period.
+    pub unused_since: Option<Instant>,
 }
 
 impl Default for FileLocks {
@@ -89,6 +93,7 @@ impl Default for FileLocks {
             waiters: VecDeque::new(),
             cluster: Cluster::None,
             wanted_elsewhere: false,
+            unused_since: None,
         }
     }
 }
@@ -222,8 +227,17 @@ impl FileLocks {
             mode,
             since: Instant::now(),
         };
-        self.wanted_elsewhere = false;
-        self.pump()
+        // A server that asked while this grant was on its way waits behind it: serve the
+        // waiters the lock was taken for first, then hand it over.
+        let wanted = std::mem::take(&mut self.wanted_elsewhere);
+        let mut todo = self.pump();
+        if wanted && matches!(self.cluster, Cluster::Held { .. }) {
+            self.wanted_elsewhere = true;
+            let more = self.pump();
+            todo.release = todo.release.or(more.release);
+            todo.acquire = todo.acquire.or(more.acquire);
+        }
+        todo
     }
 
     /// The acquisition loop gave up because nobody waits any more.
@@ -259,7 +273,8 @@ impl FileLocks {
 
     /// Another server asked for the session.
     pub fn wanted(&mut self) -> Todo {
-        if matches!(self.cluster, Cluster::Held { .. }) {
+        // Also while acquiring: the request may have been queued behind this grant.
+        if matches!(self.cluster, Cluster::Held { .. } | Cluster::Acquiring(_)) {
             self.wanted_elsewhere = true;
         }
         self.pump()
@@ -285,6 +300,9 @@ impl FileLocks {
                 }
             }
         }
+        if !self.holders.is_empty() || !self.waiters.is_empty() {
+            self.unused_since = None;
+        }
         if !self.holders.is_empty() {
             return todo;
         }
@@ -303,7 +321,14 @@ impl FileLocks {
             {
                 todo.release = Some(token);
             }
-            (Cluster::Held { token, .. }, None) | (Cluster::Lost { token }, _) => {
+            (Cluster::Held { token, .. }, None) => {
+                if self.wanted_elsewhere {
+                    todo.release = Some(token);
+                } else if self.unused_since.is_none() {
+                    self.unused_since = Some(Instant::now());
+                }
+            }
+            (Cluster::Lost { token }, _) => {
                 todo.release = Some(token);
             }
             (Cluster::None, Some(n)) => {
@@ -317,6 +342,39 @@ impl FileLocks {
             self.wanted_elsewhere = false;
         }
         todo
+    }
+
+    /// Lets a kept cluster lock go once nobody here used it for `idle` (called at renewal).
+    pub fn release_if_unused(&mut self, idle: std::time::Duration) -> Todo {
+        match (self.cluster, self.unused_since) {
+            (Cluster::Held { token, .. }, Some(since))
+                if since.elapsed() >= idle
+                    && self.holders.is_empty()
+                    && self.waiters.is_empty() =>
+            {
+                self.cluster = Cluster::Releasing { token };
+                self.unused_since = None;
+                Todo {
+                    release: Some(token),
+                    ..Todo::default()
+                }
+            }
+            _ => Todo::default(),
+        }
+    }
+
+    /// Lets the cluster lock go now (unmount), whatever holds it here.
+    pub fn release_now(&mut self) -> Todo {
+        match self.cluster {
+            Cluster::Held { token, .. } | Cluster::Lost { token } => {
+                self.cluster = Cluster::Releasing { token };
+                Todo {
+                    release: Some(token),
+                    ..Todo::default()
+                }
+            }
+            _ => Todo::default(),
+        }
     }
 
     /// The token under which this server's writes to the file are made, if any.
@@ -386,8 +444,13 @@ mod tests {
         assert!(rx.try_recv().is_err());
         l.cluster_granted(7, EX);
         assert_eq!(rx.try_recv(), Ok(Ok(())));
-        // Unlocking the last holder lets the cluster lock go.
-        assert_eq!(l.unlock(1).release, Some(7));
+        // Unlocking the last holder keeps the cluster lock as a lease: the next request here
+        // is granted without the store...
+        assert_eq!(l.unlock(1), Todo::default());
+        assert!(matches!(l.request(2, EX, true, 2).0, Request::Granted));
+        l.unlock(2);
+        // ... until another server asks for it.
+        assert_eq!(l.wanted().release, Some(7));
     }
 
     #[test]
@@ -450,8 +513,13 @@ mod tests {
         assert_eq!(r.try_recv(), Ok(Err(libc::EINTR)));
         // The release the kernel sends for the never-granted lock is harmless.
         assert_eq!(l.unlock(2), Todo::default());
-        assert_eq!(l.unlock(1).release, Some(7));
+        assert_eq!(l.unlock(1), Todo::default());
         assert!(!l.cancel(2, 2).0);
+        // Unused for a renewal period, the kept lock goes.
+        assert_eq!(
+            l.release_if_unused(std::time::Duration::ZERO).release,
+            Some(7)
+        );
     }
 
     #[test]
@@ -486,6 +554,18 @@ mod tests {
             Some(EX),
             "queues again behind the other server"
         );
+    }
+
+    #[test]
+    fn a_request_for_the_lock_during_acquisition_is_honoured_after_one_grant() {
+        let mut l = FileLocks::default();
+        let (r, todo) = l.request(1, EX, true, 1);
+        let Request::Wait(mut rx) = r else { panic!() };
+        assert_eq!(todo.acquire, Some(EX));
+        assert_eq!(l.wanted(), Todo::default());
+        assert_eq!(l.cluster_granted(7, EX), Todo::default());
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        assert_eq!(l.unlock(1).release, Some(7), "handed over, not kept");
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl<S: Store> Fs<S> {
             })?;
         match acquired {
             Acquired::Denied { .. } => Err(err!(EWOULDBLOCK, Debug, "{name}: locked elsewhere")),
-            Acquired::Granted(loaded) => {
+            Acquired::Granted { loaded, .. } => {
                 self.absorb_loaded(ino, epoch, loaded).await;
                 let outcome = {
                     let mut t = self.locks();
@@ -377,7 +377,7 @@ impl<S: Store> Fs<S> {
         let mut outage_logged = false;
         let granted = loop {
             if !self.still_waiting(ino) {
-                break false;
+                break None;
             }
             let known = self.known_version(ino);
             let epoch = self.epoch(ino);
@@ -387,12 +387,12 @@ impl<S: Store> Fs<S> {
                 .await;
             tracing::debug!(session = %name, token, ?attempt, "lock acquire");
             match attempt {
-                Ok(Acquired::Granted(loaded)) => {
+                Ok(Acquired::Granted { loaded, contended }) => {
                     if outage_logged {
                         tracing::info!(session = %name, "store reachable again; lock taken");
                     }
                     self.absorb_loaded(ino, epoch, loaded).await;
-                    break true;
+                    break Some(contended);
                 }
                 Ok(Acquired::Denied { retry_in }) => {
                     // Woken by the holder's release; the timer covers a holder that died and
@@ -427,12 +427,15 @@ impl<S: Store> Fs<S> {
                 t.wakers.remove(&name);
             }
         }
-        if granted {
+        if let Some(contended) = granted {
             let todo = {
                 let mut t = self.locks();
-                t.files
-                    .get_mut(&ino)
-                    .map(|(_, l)| l.cluster_granted(token, mode))
+                t.files.get_mut(&ino).map(|(_, l)| {
+                    if contended {
+                        l.wanted();
+                    }
+                    l.cluster_granted(token, mode)
+                })
             };
             match todo {
                 Some(todo) => {
@@ -466,9 +469,21 @@ impl<S: Store> Fs<S> {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(fs) = fs.upgrade() else { return };
-                let held = fs.locks().files.get(&ino).is_some_and(
-                    |(_, l)| matches!(l.cluster, Cluster::Held { token: t, .. } if t == token),
-                );
+                // A lock kept for nobody (a lease) goes after a renewal period unused.
+                let (held, todo) = {
+                    let mut t = fs.locks();
+                    match t.files.get_mut(&ino) {
+                        Some((_, l)) if matches!(l.cluster, Cluster::Held { token: t, .. } if t == token) =>
+                        {
+                            let todo = l.release_if_unused(every);
+                            (todo.release.is_none(), todo)
+                        }
+                        _ => (false, Todo::default()),
+                    }
+                };
+                if todo != Todo::default() {
+                    fs.run_todo(ino, todo);
+                }
                 if !held {
                     return;
                 }
@@ -554,6 +569,22 @@ impl<S: Store> Fs<S> {
         });
     }
 
+    /// Lets every cluster lock this server holds go, after sending pending writes (unmount).
+    pub async fn release_all(self: &Arc<Self>) {
+        let todos: Vec<(u64, SessionName, Todo)> = {
+            let mut t = self.locks();
+            t.files
+                .iter_mut()
+                .map(|(ino, (n, l))| (*ino, n.clone(), l.release_now()))
+                .collect()
+        };
+        for (ino, name, todo) in todos {
+            if let Some(token) = todo.release {
+                self.clone().release_cluster(ino, name, token).await;
+            }
+        }
+    }
+
     /// The locks this server holds and the requests waiting, for `sessfs status`.
     pub fn lock_status(&self) -> Vec<LockStatus> {
         let now = Instant::now();
@@ -566,7 +597,12 @@ impl<S: Store> Fs<S> {
                     Cluster::None => ("none".to_string(), None),
                     Cluster::Acquiring(m) => (format!("waiting ({m:?})"), None),
                     Cluster::Held { mode, since, .. } => {
-                        (format!("held ({mode:?})"), Some(now - since))
+                        let kept = if l.unused_since.is_some() {
+                            ", kept unused"
+                        } else {
+                            ""
+                        };
+                        (format!("held ({mode:?}{kept})"), Some(now - since))
                     }
                     Cluster::Lost { .. } => ("lost".to_string(), None),
                     Cluster::Releasing { .. } => ("releasing".to_string(), None),

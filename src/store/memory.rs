@@ -401,6 +401,7 @@ impl Store for MemoryStore {
             });
         }
         rec.queued.remove(claim.owner);
+        let contended = !rec.queued.is_empty();
         rec.holders.insert(
             claim.owner.to_string(),
             (claim.mode, now + lease, claim.token),
@@ -420,7 +421,7 @@ impl Store for MemoryStore {
                 }
             }
         };
-        Ok(Acquired::Granted(loaded))
+        Ok(Acquired::Granted { loaded, contended })
     }
 
     async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<bool> {

@@ -117,8 +117,9 @@ pub struct Fence<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
-    /// Held; the content check of `load` came in the same round trip.
-    Granted(Loaded),
+    /// Held; the content check of `load` came in the same round trip. `contended`: other
+    /// servers are queued for the session, so it should be handed over after use.
+    Granted { loaded: Loaded, contended: bool },
     /// Another server holds or waits first. This server is queued (unless it only tried) and
     /// is sent `Event::Released` when its turn may have come; `retry_in` is when the holder's
     /// lease runs out, should that holder be dead and never release.

@@ -215,7 +215,8 @@ end
 redis.call('HDEL', KEYS[3], 'w:' .. me)
 redis.call('HSET', KEYS[3], 'h:' .. me, want .. ':' .. (now + lease) .. ':' .. ARGV[2])
 keep_until(now + lease)
-return {1, load(ARGV[5])}
+-- Others still queued: the new holder must know, or it would keep the lock for itself.
+return {1, load(ARGV[5]), #queued}
 "#;
 
 /// KEYS: data, meta, lock. ARGV: owner, token, lease_ms. 1 if extended, 0 if the claim is gone.
@@ -669,8 +670,12 @@ impl Store for RedisStore {
         if items.len() < 2 {
             return Err(corrupt(&k.lock, "unexpected lock reply length"));
         }
-        let second = items.pop().unwrap_or(Value::Nil);
         let granted = as_int(&items[0]).unwrap_or(0) == 1;
+        let contended = granted && items.len() == 3 && as_int(&items[2]).unwrap_or(0) > 0;
+        if granted && items.len() == 3 {
+            items.pop();
+        }
+        let second = items.pop().unwrap_or(Value::Nil);
         if !granted {
             let ms = as_int(&second).unwrap_or(0).max(0) as u64;
             return Ok(Acquired::Denied {
@@ -694,7 +699,7 @@ impl Store for RedisStore {
                 ));
             }
         };
-        Ok(Acquired::Granted(loaded))
+        Ok(Acquired::Granted { loaded, contended })
     }
 
     async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<bool> {
