@@ -353,3 +353,33 @@ fn a_held_session_does_not_slow_other_sessions_on_the_same_mount() {
     assert_eq!(read_counter(&a.dir, "otherbusy1"), "300");
     drop(waiter);
 }
+
+#[test]
+fn a_non_blocking_lock_on_a_free_session_is_granted_and_leaves_nothing_behind() {
+    let redis = Redis::start();
+    let a = Mount::new(&redis.url(), "");
+    std::fs::write(a.path("sess_nbfree1"), b"x").unwrap();
+    let status = Command::new("flock")
+        .arg("-n")
+        .arg(a.path("sess_nbfree1"))
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(status.success(), "LOCK_NB on a free session");
+    // The lock is kept by this server for its next request, or released: never leaked to a
+    // claim nobody renews. Another mount gets it at once.
+    let b = Mount::new(&redis.url(), "");
+    let start = Instant::now();
+    let status = Command::new("flock")
+        .args(["-w", "5"])
+        .arg(b.path("sess_nbfree1"))
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+}

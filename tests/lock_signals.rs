@@ -127,17 +127,15 @@ impl Drop for Proc {
     }
 }
 
-/// A process on `mount_path` that holds an exclusive flock on it for `secs` seconds, as one
-/// process (sh opens the file on fd 9, flock(1) locks it, sh becomes sleep keeping fd 9):
-/// killing its pid lets the lock go and leaves nothing running.
+/// A process that takes an exclusive flock on `path` and then holds it for `secs` seconds:
+/// `flock -F` locks and then becomes `sleep` (no fork), so it is one process whose death
+/// lets the lock go and leaves nothing running.
 fn hold(path: &Path, secs: &str) -> Proc {
     require("flock", "util-linux");
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(r#"exec 9>>"$1" && flock 9 && exec sleep "$2""#)
-        .arg("holder")
+    let child = Command::new("flock")
+        .arg("-F")
         .arg(path)
-        .arg(secs)
+        .args(["sleep", secs])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -146,37 +144,43 @@ fn hold(path: &Path, secs: &str) -> Proc {
     Proc::new(format!("the holder of {}", path.display()), child)
 }
 
-/// Waits until `holder` holds its lock, seen from another mount: `flock -n` there fails.
-fn wait_held(holder: &mut Proc, seen_from: &Path) {
+/// Waits until `holder` holds its lock: it has become `sleep` (flock -F execs only once it
+/// has the lock) and, seen from another mount, `flock -n` fails. Returns when it held.
+fn wait_held(holder: &mut Proc, seen_from: &Path) -> Instant {
     let start = Instant::now();
+    let comm = format!("/proc/{}/comm", holder.pid());
     loop {
         if let Some(s) = holder.exited() {
             let (_, err) = holder.output();
             panic!("{} exited ({s}) before holding: {err}", holder.what);
         }
-        let out = Command::new("flock")
-            .arg("-n")
-            .arg(seen_from)
-            .args(["-c", "true"])
-            .output()
-            .expect("flock -n");
-        match out.status.code() {
-            Some(1) => return,
-            Some(0) => {}
-            _ => panic!(
-                "flock -n {} failed ({}): {}",
-                seen_from.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
+        if fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
+            break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(5),
-            "{} did not take the lock within 5 s (flock -n from the other mount kept succeeding)",
-            holder.what
+            "{} did not get the free lock within 5 s (still in syscall {:?})",
+            holder.what,
+            holder.in_syscall()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    let held_at = Instant::now();
+    let out = Command::new("flock")
+        .arg("-n")
+        .arg(seen_from)
+        .args(["-c", "true"])
+        .output()
+        .expect("flock -n");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "flock -n {} on the other mount should fail (locked) while {} holds it: {}",
+        seen_from.display(),
+        holder.what,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    held_at
 }
 
 /// Starts php (CLI) with the files handler on `save_path`, as `common::php_with` does,
@@ -297,9 +301,10 @@ fn a_php_process_waiting_for_a_held_session_is_killable() {
     assert!(
         status.is_some(),
         "the next waiter did not get sess_held1 within 2 s of the holder's death \
-         (still in syscall {:?})\n{}",
+         (still in syscall {:?})\nmount B {}\nmount A {}",
         php.in_syscall(),
-        log_tail(&b)
+        log_tail(&b),
+        log_tail(&a)
     );
     let took = released.elapsed();
     let (out, err) = php.output();
@@ -335,8 +340,7 @@ fn an_sa_restart_signal_keeps_the_waiter_waiting_and_it_gets_the_lock() {
     let a = Mount::new(&redis.url(), "");
     let b = Mount::new(&redis.url(), "");
     let mut holder = hold(&a.path("sess_restart1"), "1.5");
-    let held_at = Instant::now();
-    wait_held(&mut holder, &b.path("sess_restart1"));
+    let held_at = wait_held(&mut holder, &b.path("sess_restart1"));
 
     // errno is read right after flock() through FFI when PHP has it (PHP itself does not
     // report flock's errno); it is reset first so a stale value is not reported.

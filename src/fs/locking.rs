@@ -194,15 +194,14 @@ impl<S: Store> Fs<S> {
             Acquired::Denied { .. } => Err(err!(EWOULDBLOCK, Debug, "{name}: locked elsewhere")),
             Acquired::Granted { loaded, .. } => {
                 self.absorb_loaded(ino, epoch, loaded).await;
+                // The entry may have been dropped as idle while the try was out.
                 let outcome = {
                     let mut t = self.locks();
-                    match t.files.get_mut(&ino) {
-                        Some((_, l)) => l.try_granted(fh, token, mode),
-                        None => Err(Todo {
-                            release: Some(token),
-                            ..Todo::default()
-                        }),
-                    }
+                    let (_, l) = t
+                        .files
+                        .entry(ino)
+                        .or_insert_with(|| (name.clone(), FileLocks::default()));
+                    l.try_granted(fh, token, mode)
                 };
                 match outcome {
                     Ok(todo) => {
@@ -210,8 +209,12 @@ impl<S: Store> Fs<S> {
                         self.run_todo(ino, todo);
                         Ok(())
                     }
-                    Err(todo) => {
-                        self.run_todo(ino, todo);
+                    Err(_) => {
+                        // Not this table's lock: give it back directly.
+                        if let Err(e) = self.store.lock_release(name, &self.owner, token).await {
+                            tracing::warn!(session = %name, "returning a lock not used: {e}");
+                        }
+                        self.forget_idle_locks(ino);
                         Err(err!(EWOULDBLOCK, Debug, "{name}: locked"))
                     }
                 }

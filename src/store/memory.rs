@@ -388,8 +388,10 @@ impl Store for MemoryStore {
             if queue {
                 let arrival =
                     mine.unwrap_or_else(|| self.shared.arrivals.fetch_add(1, Ordering::Relaxed));
-                rec.queued
-                    .insert(claim.owner.to_string(), (arrival, claim.mode, now + lease));
+                rec.queued.insert(
+                    claim.owner.to_string(),
+                    (arrival, claim.mode, now + 2 * lease),
+                );
                 drop(locks);
                 for h in holders {
                     self.publish(&h, Event::Wanted(name.clone()));

@@ -204,8 +204,10 @@ if conflict then
   if ARGV[6] == '1' then
     -- %.0f: Lua would write a 16-digit number as 1.7e+15, which no pattern here reads back.
     local since = string.format('%.0f', mine_since or now_us)
-    redis.call('HSET', KEYS[3], 'w:' .. me, since .. ':' .. want .. ':' .. (now + lease))
-    keep_until(now + lease)
+    -- A place in line outlives the waiter's longest sleep between tries (one lease), so it is
+    -- never swept just as its owner comes back.
+    redis.call('HSET', KEYS[3], 'w:' .. me, since .. ':' .. want .. ':' .. (now + 2 * lease))
+    keep_until(now + 2 * lease)
     for _, h in ipairs(holders) do
       redis.call('PUBLISH', 'sessfs:' .. h, 'w ' .. KEYS[1])
     end
