@@ -517,6 +517,24 @@ impl RedisStore {
         })
     }
 
+    /// The reply of the `load` Lua function: nil (missing), {stat} (the caller's version is
+    /// current) or {stat, content}.
+    fn decode_load(&self, reply: Value, key: &str) -> Result<Loaded> {
+        match reply {
+            Value::Nil => Ok(Loaded::Missing),
+            Value::Array(mut items) if items.len() == 1 => {
+                let stat = items.pop().unwrap_or(Value::Nil);
+                Ok(Loaded::Same(self.stat_of(stat, key)?))
+            }
+            Value::Array(mut items) if items.len() == 2 => {
+                let data = items.pop().unwrap_or(Value::Nil);
+                let stat = items.pop().unwrap_or(Value::Nil);
+                Ok(Loaded::Changed(self.record(stat, data, key)?))
+            }
+            v => Err(corrupt(key, format!("unexpected reply {v:?}"))),
+        }
+    }
+
     async fn put_meta(
         &self,
         script: &Script,
@@ -568,22 +586,10 @@ impl Store for RedisStore {
     async fn load(&self, name: &SessionName, known: Option<u64>) -> Result<Loaded> {
         let k = self.keys_of(name);
         let known = token_arg(known);
-        match self
+        let reply = self
             .run(&self.scripts.load, &k, &[known.as_bytes()])
-            .await?
-        {
-            Value::Nil => Ok(Loaded::Missing),
-            Value::Array(mut items) if items.len() == 1 => {
-                let stat = items.pop().unwrap_or(Value::Nil);
-                Ok(Loaded::Same(self.stat_of(stat, &k.data)?))
-            }
-            Value::Array(mut items) if items.len() == 2 => {
-                let data = items.pop().unwrap_or(Value::Nil);
-                let stat = items.pop().unwrap_or(Value::Nil);
-                Ok(Loaded::Changed(self.record(stat, data, &k.data)?))
-            }
-            v => Err(corrupt(&k.data, format!("unexpected load reply {v:?}"))),
-        }
+            .await?;
+        self.decode_load(reply, &k.data)
     }
 
     async fn create(&self, name: &SessionName, meta: &Meta, exclusive: bool) -> Result<Created> {
@@ -603,18 +609,15 @@ impl Store for RedisStore {
             ct.as_bytes(),
             ttl.as_bytes(),
         ];
+        // The script answers 0 for O_EXCL on an existing name, {stat} when it created the
+        // session, and {stat, content} for the session already there.
         match self.run(&self.scripts.create, &k, &args).await? {
             Value::Int(0) => Ok(Created::ExistsExclusive),
-            Value::Array(mut items) if items.len() == 1 => {
-                let stat = items.pop().unwrap_or(Value::Nil);
-                Ok(Created::Created(self.stat_of(stat, &k.data)?))
-            }
-            Value::Array(mut items) if items.len() == 2 => {
-                let data = items.pop().unwrap_or(Value::Nil);
-                let stat = items.pop().unwrap_or(Value::Nil);
-                Ok(Created::Exists(self.record(stat, data, &k.data)?))
-            }
-            v => Err(corrupt(&k.data, format!("unexpected create reply {v:?}"))),
+            reply => match self.decode_load(reply, &k.data)? {
+                Loaded::Same(stat) => Ok(Created::Created(stat)),
+                Loaded::Changed(rec) => Ok(Created::Exists(rec)),
+                Loaded::Missing => Err(corrupt(&k.data, "create reply without a session")),
+            },
         }
     }
 
@@ -684,23 +687,7 @@ impl Store for RedisStore {
                 retry_in: Duration::from_millis(ms),
             });
         }
-        let loaded = match second {
-            Value::Nil => Loaded::Missing,
-            Value::Array(mut v) if v.len() == 1 => {
-                Loaded::Same(self.stat_of(v.pop().unwrap_or(Value::Nil), &k.data)?)
-            }
-            Value::Array(mut v) if v.len() == 2 => {
-                let data = v.pop().unwrap_or(Value::Nil);
-                let stat = v.pop().unwrap_or(Value::Nil);
-                Loaded::Changed(self.record(stat, data, &k.data)?)
-            }
-            v => {
-                return Err(corrupt(
-                    &k.data,
-                    format!("unexpected lock load reply {v:?}"),
-                ));
-            }
-        };
+        let loaded = self.decode_load(second, &k.data)?;
         Ok(Acquired::Granted { loaded, contended })
     }
 
