@@ -38,6 +38,12 @@ pub const STATUS_NAME: &str = ".sessfs-status";
 /// How often an open asks the store again when local changes keep overtaking the answer.
 const MAX_REVALIDATIONS: usize = 20;
 
+/// How long the stats fetched with a listing page answer lookups (`ls -l` stats every file
+/// it lists): the bound on how old a listed size or time can be. Never used for an open.
+const LISTED_VALIDITY: Duration = Duration::from_secs(1);
+/// Listed stats kept at most; beyond, the oldest page is simply dropped.
+const LISTED_MAX: usize = 200_000;
+
 /// How long a lookup's answer may stand in for an open's check (both are one open(2)).
 const LOOKUP_VALIDITY: Duration = Duration::from_millis(200);
 
@@ -336,6 +342,8 @@ pub struct Fs<S: Store> {
     state: Mutex<State>,
     cache: Mutex<ContentCache>,
     locks: Mutex<locking::LockTable>,
+    /// Stats fetched with the last listing pages, for the lookups `ls -l` makes right after.
+    listed: Mutex<HashMap<SessionName, (std::time::Instant, Stat)>>,
     /// This server in the store's lock records: random per mount, so a restarted daemon never
     /// mistakes an old claim for its own.
     owner: String,
@@ -351,6 +359,7 @@ impl<S: Store> Fs<S> {
             state: Mutex::new(State::default()),
             cache: Mutex::new(cache),
             locks: Mutex::new(locking::LockTable::default()),
+            listed: Mutex::new(HashMap::new()),
             owner: format!("{:016x}", crate::store::fresh_token()),
             mounted_at: SystemTime::now(),
         }
@@ -373,6 +382,21 @@ impl<S: Store> Fs<S> {
 
     fn cache(&self) -> MutexGuard<'_, ContentCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn listed(&self) -> MutexGuard<'_, HashMap<SessionName, (std::time::Instant, Stat)>> {
+        self.listed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A change made here makes what a listing said about the session stale.
+    fn forget_listed(&self, name: &SessionName) {
+        self.listed().remove(name);
+    }
+
+    fn listed_stat(&self, name: &SessionName) -> Option<Stat> {
+        let listed = self.listed();
+        let (when, stat) = listed.get(name)?;
+        (when.elapsed() < LISTED_VALIDITY).then_some(*stat)
     }
 
     pub fn root_attr(&self) -> Attr {
@@ -412,37 +436,71 @@ impl<S: Store> Fs<S> {
 
     /// Looks a name up: from this server's open file if there is one (its state is at least as
     /// new as the open that validated it), else from the store.
-    pub async fn lookup(&self, parent: u64, name: &[u8], pid: u32) -> Result<Attr> {
-        Self::check_parent(parent)?;
+    /// The part of lookup this server can answer from memory (an open file, a name listed a
+    /// moment ago, a name that cannot exist); None when only the store can tell. The FUSE
+    /// edge calls it inline, sparing the hop to another thread.
+    pub fn lookup_now(&self, parent: u64, name: &[u8]) -> Option<Result<Attr>> {
+        if let Err(e) = Self::check_parent(parent) {
+            return Some(Err(e));
+        }
         if name == STATUS_NAME.as_bytes() {
-            return Ok(self.status_attr(0));
+            return Some(Ok(self.status_attr(0)));
         }
         let name = match parse_name(name) {
             Ok(n) => n,
             Err(NameError::TooLong) => {
-                return Err(err!(ENAMETOOLONG, Debug, "{}: name too long", shown(name)));
+                return Some(Err(err!(
+                    ENAMETOOLONG,
+                    Debug,
+                    "{}: name too long",
+                    shown(name)
+                )));
             }
             // A name the directory can never hold simply does not exist.
             Err(NameError::Invalid) => {
-                return Err(err!(ENOENT, Debug, "{}: not a session name", shown(name)));
+                return Some(Err(err!(
+                    ENOENT,
+                    Debug,
+                    "{}: not a session name",
+                    shown(name)
+                )));
             }
         };
+        let listed = self.listed_stat(&name);
+        let mut st = self.state();
+        if let Some(&ino) = st.by_name.get(&name)
+            && let Some(inode) = st.inodes.get_mut(&ino)
+            && inode.open > 0
         {
-            let mut st = self.state();
-            if let Some(&ino) = st.by_name.get(&name)
-                && let Some(inode) = st.inodes.get_mut(&ino)
-                && inode.open > 0
-            {
-                inode.lookups += 1;
-                return Ok(Self::attr_of(ino, inode));
-            }
+            inode.lookups += 1;
+            return Some(Ok(Self::attr_of(ino, inode)));
         }
+        let stat = listed?;
+        let ino = st.bind(&name, &stat);
+        let inode = st.inodes.get_mut(&ino)?;
+        if inode.open == 0 && !inode.is_dirty() {
+            inode.absorb(&stat);
+        }
+        inode.lookups += 1;
+        Some(Ok(Self::attr_of(ino, inode)))
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &[u8], pid: u32) -> Result<Attr> {
+        if let Some(answer) = self.lookup_now(parent, name) {
+            return answer;
+        }
+        let name = parse_name(name)
+            .map_err(|_| err!(ENOENT, Debug, "{}: not a session name", shown(name)))?;
         let before = self.epoch_of_name(&name);
-        let stat = self
-            .store
-            .stat(&name)
-            .await
-            .map_err(|e| Error::store(&name, e))?;
+        let listed = self.listed_stat(&name);
+        let stat = match listed {
+            Some(stat) => Some(stat),
+            None => self
+                .store
+                .stat(&name)
+                .await
+                .map_err(|e| Error::store(&name, e))?,
+        };
         let Some(stat) = stat else {
             return Err(err!(ENOENT, Debug, "{name}: no such session"));
         };
@@ -454,7 +512,11 @@ impl<S: Store> Fs<S> {
             .ok_or_else(|| err!(EIO, Error, "{name}: inode vanished"))?;
         if inode.open == 0 && before.is_none_or(|e| e == inode.epoch) {
             inode.absorb(&stat);
-            inode.looked_up = Some((std::time::Instant::now(), pid, stat.version));
+            // A listed stat may be up to LISTED_VALIDITY old: it never stands in for an open's
+            // check.
+            if listed.is_none() {
+                inode.looked_up = Some((std::time::Instant::now(), pid, stat.version));
+            }
         }
         inode.lookups += 1;
         Ok(Self::attr_of(ino, inode))
@@ -466,6 +528,33 @@ impl<S: Store> Fs<S> {
             inode.lookups = inode.lookups.saturating_sub(n);
         }
         st.drop_if_unused(ino);
+    }
+
+    /// getattr from memory: the root, an open file, a file listed a moment ago.
+    pub fn getattr_now(&self, ino: u64) -> Option<Result<Attr>> {
+        if ino == ROOT_INO {
+            return Some(Ok(self.root_attr()));
+        }
+        if ino == STATUS_INO {
+            return Some(Ok(self.status_attr(0)));
+        }
+        let name = {
+            let st = self.state();
+            let Some(inode) = st.inodes.get(&ino) else {
+                return Some(Err(err!(ENOENT, Debug, "inode {ino} is not known")));
+            };
+            match &inode.name {
+                Some(name) if inode.open == 0 => name.clone(),
+                _ => return Some(Ok(Self::attr_of(ino, inode))),
+            }
+        };
+        let stat = self.listed_stat(&name)?;
+        let mut st = self.state();
+        let inode = st.inodes.get_mut(&ino)?;
+        if inode.open == 0 && !inode.is_dirty() {
+            inode.absorb(&stat);
+        }
+        Some(Ok(Self::attr_of(ino, inode)))
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
@@ -487,11 +576,14 @@ impl<S: Store> Fs<S> {
             }
         };
         let before = self.epoch_of_name(&name);
-        let stat = self
-            .store
-            .stat(&name)
-            .await
-            .map_err(|e| Error::store(&name, e))?;
+        let stat = match self.listed_stat(&name) {
+            Some(stat) => Some(stat),
+            None => self
+                .store
+                .stat(&name)
+                .await
+                .map_err(|e| Error::store(&name, e))?,
+        };
         let mut st = self.state();
         let inode = st
             .inodes
@@ -719,6 +811,7 @@ impl<S: Store> Fs<S> {
             .create(&name, &meta, flags.exclusive)
             .await
             .map_err(|e| Error::store(&name, e))?;
+        self.forget_listed(&name);
         let (stat, data) = match created {
             Created::Created(stat) => (stat, Arc::new(Vec::new())),
             Created::Exists(rec) => (rec.stat, rec.data),
@@ -859,6 +952,7 @@ impl<S: Store> Fs<S> {
             .write(&name, expect, fence, &data, &meta)
             .await
             .map_err(|e| Error::store(&name, e))?;
+        self.forget_listed(&name);
         let mut st = self.state();
         match written {
             Written::Fenced => {
@@ -1094,6 +1188,7 @@ impl<S: Store> Fs<S> {
                 .update_meta(&name, expect, fence, &meta)
                 .await
                 .map_err(|e| Error::store(&name, e))?;
+            self.forget_listed(&name);
             let mut st = self.state();
             match written {
                 Written::Fenced => {
@@ -1138,6 +1233,7 @@ impl<S: Store> Fs<S> {
             .remove(&name)
             .await
             .map_err(|e| Error::store(&name, e))?;
+        self.forget_listed(&name);
         let mut st = self.state();
         st.unbind(&name);
         self.cache().remove(&name);
@@ -1239,6 +1335,22 @@ impl<S: Store> Fs<S> {
                 .list(cursor)
                 .await
                 .map_err(|e| Error::store(&"listing the session directory", e))?;
+            // `ls -l` stats every name next: one round trip for the page instead of one each.
+            match self.store.stat_many(&names).await {
+                Ok(stats) => {
+                    let now = std::time::Instant::now();
+                    let mut listed = self.listed();
+                    if listed.len() + names.len() > LISTED_MAX {
+                        listed.clear();
+                    }
+                    for (name, stat) in names.iter().zip(stats) {
+                        if let Some(stat) = stat {
+                            listed.insert(name.clone(), (now, stat));
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("stats of a listing page: {e}"),
+            }
             let mut st = self.state();
             let dir = st
                 .dirs

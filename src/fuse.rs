@@ -120,9 +120,14 @@ impl<S: Store> Filesystem for FuseFs<S> {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let id = req.unique().0;
+        match self.fs.lookup_now(parent.0, name.as_bytes()) {
+            Some(Ok(a)) => return reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Some(Err(e)) => return reply.error(report("lookup", id, &e)),
+            None => {}
+        }
         let fs = self.fs.clone();
         let name = name.as_bytes().to_vec();
-        let id = req.unique().0;
         let pid = req.pid();
         self.spawn("lookup", req, async move {
             match fs.lookup(parent.0, &name, pid).await {
@@ -144,6 +149,11 @@ impl<S: Store> Filesystem for FuseFs<S> {
                 Err(e) => reply.error(report("getattr", id, &e)),
             }
             return;
+        }
+        match self.fs.getattr_now(ino.0) {
+            Some(Ok(a)) => return reply.attr(&TTL, &file_attr(&a)),
+            Some(Err(e)) => return reply.error(report("getattr", id, &e)),
+            None => {}
         }
         let fs = self.fs.clone();
         self.spawn("getattr", req, async move {
@@ -479,16 +489,13 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        // ls asks for ACLs and SELinux labels on every file: a quiet "none" is the answer.
-        reply.error(Errno::from_i32(libc::ENODATA));
+        // ENOSYS makes the kernel stop asking (it answers EOPNOTSUPP itself from then on):
+        // `ls -l` asks for ACLs and SELinux labels on every file, two requests per file saved.
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn removexattr(&self, req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

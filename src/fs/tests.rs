@@ -632,3 +632,37 @@ async fn a_write_under_a_lapsed_lease_is_refused() {
     let _ = a.release(fa).await;
     assert_eq!(s.raw(&name("sess_fz")).unwrap(), b"fresh");
 }
+
+#[tokio::test]
+async fn ls_l_stats_a_listing_page_in_one_round_trip_and_local_writes_stay_visible() {
+    let s = store();
+    let a = mount(&s);
+    for i in 0..6 {
+        php_request(&a, &format!("sess_ls{i}"), Some(b"12345")).await;
+    }
+    let fh = a.opendir(ROOT_INO).unwrap();
+    let mut offset = 0;
+    let mut names = Vec::new();
+    while let Some(last) = a.readdir(fh, offset).await.unwrap().last().cloned() {
+        offset = last.offset;
+        names.push(last.name);
+    }
+    a.releasedir(fh);
+    let before = s.round_trips();
+    for i in 0..6 {
+        let attr = a
+            .lookup(ROOT_INO, format!("sess_ls{i}").as_bytes(), 9)
+            .await
+            .unwrap();
+        assert_eq!(attr.size, 5);
+    }
+    assert_eq!(
+        s.round_trips(),
+        before,
+        "lookups after a listing ask the store nothing"
+    );
+    // A write made here is never hidden by what the listing saw.
+    php_request(&a, "sess_ls0", Some(b"1234567")).await;
+    let attr = a.lookup(ROOT_INO, b"sess_ls0", 9).await.unwrap();
+    assert_eq!(attr.size, 7);
+}

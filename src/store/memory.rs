@@ -214,6 +214,14 @@ impl Store for MemoryStore {
         entries.get(name).map(|e| self.stat_of(name, e)).transpose()
     }
 
+    async fn stat_many(&self, names: &[SessionName]) -> Result<Vec<Option<Stat>>> {
+        let (_, entries) = self.begin()?;
+        Ok(names
+            .iter()
+            .map(|n| entries.get(n).and_then(|e| self.stat_of(n, e).ok()))
+            .collect())
+    }
+
     async fn load(&self, name: &SessionName, known: Option<u64>) -> Result<Loaded> {
         let (_, entries) = self.begin()?;
         let Some(e) = entries.get(name) else {

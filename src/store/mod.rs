@@ -170,6 +170,13 @@ pub trait Store: Send + Sync + 'static {
     /// Size and metadata, without content.
     fn stat(&self, name: &SessionName) -> impl Future<Output = Result<Option<Stat>>> + Send;
 
+    /// Sizes and metadata of many sessions in one round trip (a listing page); None for a
+    /// session gone or unreadable (a lookup of it then asks again and reports why).
+    fn stat_many(
+        &self,
+        names: &[SessionName],
+    ) -> impl Future<Output = Result<Vec<Option<Stat>>>> + Send;
+
     /// The content unless `known` is still the stored version.
     fn load(
         &self,

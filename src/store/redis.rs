@@ -256,6 +256,28 @@ end
 return 1
 "#;
 
+/// KEYS: data and meta keys of several sessions, in pairs. Each answer is false (missing), 0
+/// (unreadable: a wrong type, left for a lookup to report) or the stat array. Keys from
+/// several hash slots: standalone Redis only (a Cluster store sends one per slot).
+const STAT_MANY: &str = r#"
+local out = {}
+for i = 1, #KEYS, 2 do
+  local x = redis.call('PEXPIRETIME', KEYS[i])
+  if x == -2 then
+    out[#out + 1] = false
+  else
+    local n = redis.pcall('STRLEN', KEYS[i])
+    local m = redis.pcall('HMGET', KEYS[i + 1], 'v', 'i', 'mode', 'uid', 'gid', 'mt', 'ct', 'x', 'n')
+    if type(n) == 'table' or m.err then
+      out[#out + 1] = 0
+    else
+      out[#out + 1] = {n, x, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9]}
+    end
+  end
+end
+return out
+"#;
+
 const REMOVE: &str = r#"
 local n = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
@@ -269,6 +291,7 @@ struct Scripts {
     write: Script,
     update_meta: Script,
     remove: Script,
+    stat_many: Script,
     lock_acquire: Script,
     lock_renew: Script,
     lock_release: Script,
@@ -285,6 +308,7 @@ impl Scripts {
             write: with_lib(WRITE),
             update_meta: with_lib(UPDATE_META),
             remove: Script::new(REMOVE),
+            stat_many: Script::new(STAT_MANY),
             lock_acquire: with_lib(LOCK_ACQUIRE),
             lock_renew: with_lib(LOCK_RENEW),
             lock_release: with_lib(LOCK_RELEASE),
@@ -581,6 +605,34 @@ impl Store for RedisStore {
             Value::Nil => Ok(None),
             v => self.stat_of(v, &k.data).map(Some),
         }
+    }
+
+    async fn stat_many(&self, names: &[SessionName]) -> Result<Vec<Option<Stat>>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<SessionKeys> = names.iter().map(|n| self.keys_of(n)).collect();
+        let mut inv = self.scripts.stat_many.prepare_invoke();
+        for k in &keys {
+            inv.key(&k.data);
+            inv.key(&k.meta);
+        }
+        let mut con = self.con.clone();
+        let reply: Value = inv
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "a listing page"))?;
+        let Value::Array(items) = reply else {
+            return Err(corrupt("a listing page", "unexpected stat reply"));
+        };
+        Ok(items
+            .into_iter()
+            .zip(&keys)
+            .map(|(v, k)| match v {
+                Value::Array(_) => self.stat_of(v, &k.data).ok(),
+                _ => None,
+            })
+            .collect())
     }
 
     async fn load(&self, name: &SessionName, known: Option<u64>) -> Result<Loaded> {
