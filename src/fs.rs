@@ -343,7 +343,7 @@ pub struct Fs<S: Store> {
     cache: Mutex<ContentCache>,
     locks: Mutex<locking::LockTable>,
     /// Stats fetched with the last listing pages, for the lookups `ls -l` makes right after.
-    listed: Mutex<HashMap<SessionName, (std::time::Instant, Stat)>>,
+    listed: Mutex<HashMap<SessionName, (std::time::Instant, u32, Stat)>>,
     /// This server in the store's lock records: random per mount, so a restarted daemon never
     /// mistakes an old claim for its own.
     owner: String,
@@ -384,7 +384,7 @@ impl<S: Store> Fs<S> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn listed(&self) -> MutexGuard<'_, HashMap<SessionName, (std::time::Instant, Stat)>> {
+    fn listed(&self) -> MutexGuard<'_, HashMap<SessionName, (std::time::Instant, u32, Stat)>> {
         self.listed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -393,10 +393,13 @@ impl<S: Store> Fs<S> {
         self.listed().remove(name);
     }
 
-    fn listed_stat(&self, name: &SessionName) -> Option<Stat> {
+    /// What the listing said of `name`, for the process that listed it (`ls -l` stats what
+    /// it just read), within LISTED_VALIDITY. Any other process asks the store: a session
+    /// deleted elsewhere must not seem to exist to it.
+    fn listed_stat(&self, name: &SessionName, pid: u32) -> Option<Stat> {
         let listed = self.listed();
-        let (when, stat) = listed.get(name)?;
-        (when.elapsed() < LISTED_VALIDITY).then_some(*stat)
+        let (when, by, stat) = listed.get(name)?;
+        (*by == pid && when.elapsed() < LISTED_VALIDITY).then_some(*stat)
     }
 
     pub fn root_attr(&self) -> Attr {
@@ -439,7 +442,7 @@ impl<S: Store> Fs<S> {
     /// The part of lookup this server can answer from memory (an open file, a name listed a
     /// moment ago, a name that cannot exist); None when only the store can tell. The FUSE
     /// edge calls it inline, sparing the hop to another thread.
-    pub fn lookup_now(&self, parent: u64, name: &[u8]) -> Option<Result<Attr>> {
+    pub fn lookup_now(&self, parent: u64, name: &[u8], pid: u32) -> Option<Result<Attr>> {
         if let Err(e) = Self::check_parent(parent) {
             return Some(Err(e));
         }
@@ -466,7 +469,7 @@ impl<S: Store> Fs<S> {
                 )));
             }
         };
-        let listed = self.listed_stat(&name);
+        let listed = self.listed_stat(&name, pid);
         let mut st = self.state();
         if let Some(&ino) = st.by_name.get(&name)
             && let Some(inode) = st.inodes.get_mut(&ino)
@@ -486,13 +489,13 @@ impl<S: Store> Fs<S> {
     }
 
     pub async fn lookup(&self, parent: u64, name: &[u8], pid: u32) -> Result<Attr> {
-        if let Some(answer) = self.lookup_now(parent, name) {
+        if let Some(answer) = self.lookup_now(parent, name, pid) {
             return answer;
         }
         let name = parse_name(name)
             .map_err(|_| err!(ENOENT, Debug, "{}: not a session name", shown(name)))?;
         let before = self.epoch_of_name(&name);
-        let listed = self.listed_stat(&name);
+        let listed = self.listed_stat(&name, pid);
         let stat = match listed {
             Some(stat) => Some(stat),
             None => self
@@ -531,7 +534,7 @@ impl<S: Store> Fs<S> {
     }
 
     /// getattr from memory: the root, an open file, a file listed a moment ago.
-    pub fn getattr_now(&self, ino: u64) -> Option<Result<Attr>> {
+    pub fn getattr_now(&self, ino: u64, pid: u32) -> Option<Result<Attr>> {
         if ino == ROOT_INO {
             return Some(Ok(self.root_attr()));
         }
@@ -548,7 +551,7 @@ impl<S: Store> Fs<S> {
                 _ => return Some(Ok(Self::attr_of(ino, inode))),
             }
         };
-        let stat = self.listed_stat(&name)?;
+        let stat = self.listed_stat(&name, pid)?;
         let mut st = self.state();
         let inode = st.inodes.get_mut(&ino)?;
         if inode.open == 0 && !inode.is_dirty() {
@@ -557,7 +560,7 @@ impl<S: Store> Fs<S> {
         Some(Ok(Self::attr_of(ino, inode)))
     }
 
-    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+    pub async fn getattr(&self, ino: u64, pid: u32) -> Result<Attr> {
         if ino == ROOT_INO {
             return Ok(self.root_attr());
         }
@@ -576,7 +579,7 @@ impl<S: Store> Fs<S> {
             }
         };
         let before = self.epoch_of_name(&name);
-        let stat = match self.listed_stat(&name) {
+        let stat = match self.listed_stat(&name, pid) {
             Some(stat) => Some(stat),
             None => self
                 .store
@@ -1267,7 +1270,7 @@ impl<S: Store> Fs<S> {
 
     /// Entries after `offset`, at least one unless the listing ended. The caller passes back
     /// the offset of the last entry it used.
-    pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+    pub async fn readdir(&self, fh: u64, offset: u64, pid: u32) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
         if offset < 1 {
             out.push(DirEntry {
@@ -1345,7 +1348,7 @@ impl<S: Store> Fs<S> {
                     }
                     for (name, stat) in names.iter().zip(stats) {
                         if let Some(stat) = stat {
-                            listed.insert(name.clone(), (now, stat));
+                            listed.insert(name.clone(), (now, pid, stat));
                         }
                     }
                 }

@@ -121,7 +121,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let id = req.unique().0;
-        match self.fs.lookup_now(parent.0, name.as_bytes()) {
+        match self.fs.lookup_now(parent.0, name.as_bytes(), req.pid()) {
             Some(Ok(a)) => return reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Some(Err(e)) => return reply.error(report("lookup", id, &e)),
             None => {}
@@ -150,14 +150,15 @@ impl<S: Store> Filesystem for FuseFs<S> {
             }
             return;
         }
-        match self.fs.getattr_now(ino.0) {
+        match self.fs.getattr_now(ino.0, req.pid()) {
             Some(Ok(a)) => return reply.attr(&TTL, &file_attr(&a)),
             Some(Err(e)) => return reply.error(report("getattr", id, &e)),
             None => {}
         }
         let fs = self.fs.clone();
+        let pid = req.pid();
         self.spawn("getattr", req, async move {
-            match fs.getattr(ino.0).await {
+            match fs.getattr(ino.0, pid).await {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(report("getattr", id, &e)),
             }
@@ -431,8 +432,9 @@ impl<S: Store> Filesystem for FuseFs<S> {
     ) {
         let fs = self.fs.clone();
         let id = req.unique().0;
+        let pid = req.pid();
         self.spawn("readdir", req, async move {
-            match fs.readdir(fh.0, offset).await {
+            match fs.readdir(fh.0, offset, pid).await {
                 Ok(entries) => {
                     for e in entries {
                         let kind = match e.kind {

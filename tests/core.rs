@@ -522,3 +522,22 @@ fn sigterm_unmounts_and_exits_cleanly() {
     assert!(!m.is_mounted());
     assert!(m.log_text().contains("SIGTERM: unmounting"));
 }
+
+#[test]
+fn a_session_deleted_elsewhere_right_after_a_listing_is_gone_for_other_processes() {
+    let redis = Redis::start();
+    let a = Mount::new(&redis.url(), "");
+    let b = Mount::new(&redis.url(), "");
+    php_ok(
+        &a.dir,
+        "session_id('listdel1'); session_start(); $_SESSION['a']=1;",
+    );
+    let out = sh(&format!("ls -l {} >/dev/null", a.dir.display()));
+    assert!(out.status.success());
+    std::fs::remove_file(b.path("sess_listdel1")).unwrap();
+    // At once, from another process on A (as PHP's strict mode would stat it).
+    assert!(
+        !a.path("sess_listdel1").exists(),
+        "a listed stat stood in for the store"
+    );
+}

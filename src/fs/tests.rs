@@ -426,7 +426,7 @@ async fn readdir_lists_every_session_once_across_pages() {
     let mut got = Vec::new();
     let mut offset = 0;
     loop {
-        let page = a.readdir(fh, offset).await.unwrap();
+        let page = a.readdir(fh, offset, 9).await.unwrap();
         let Some(last) = page.last() else { break };
         offset = last.offset;
         // Like the kernel, take only part of each answer sometimes.
@@ -442,12 +442,12 @@ async fn readdir_lists_every_session_once_across_pages() {
     assert_eq!(files, want);
     // The numbers readdir reports are the ones lookup gives.
     let fh = a.opendir(ROOT_INO).unwrap();
-    let page = a.readdir(fh, 2).await.unwrap();
+    let page = a.readdir(fh, 2, 9).await.unwrap();
     let first = &page[0];
     let attr = a.lookup(ROOT_INO, first.name.as_bytes(), 9).await.unwrap();
     assert_eq!(attr.ino, first.ino);
     // Rewinding lists from the start again.
-    let again = a.readdir(fh, 0).await.unwrap();
+    let again = a.readdir(fh, 0, 9).await.unwrap();
     assert_eq!(again[0].name, ".");
     a.releasedir(fh);
 }
@@ -643,7 +643,7 @@ async fn ls_l_stats_a_listing_page_in_one_round_trip_and_local_writes_stay_visib
     let fh = a.opendir(ROOT_INO).unwrap();
     let mut offset = 0;
     let mut names = Vec::new();
-    while let Some(last) = a.readdir(fh, offset).await.unwrap().last().cloned() {
+    while let Some(last) = a.readdir(fh, offset, 9).await.unwrap().last().cloned() {
         offset = last.offset;
         names.push(last.name);
     }
@@ -661,6 +661,9 @@ async fn ls_l_stats_a_listing_page_in_one_round_trip_and_local_writes_stay_visib
         before,
         "lookups after a listing ask the store nothing"
     );
+    // Another process is not answered from the listing.
+    a.lookup(ROOT_INO, b"sess_ls1", 10).await.unwrap();
+    assert_eq!(s.round_trips(), before + 1);
     // A write made here is never hidden by what the listing saw.
     php_request(&a, "sess_ls0", Some(b"1234567")).await;
     let attr = a.lookup(ROOT_INO, b"sess_ls0", 9).await.unwrap();
