@@ -18,7 +18,7 @@ use crate::keys::{DEFAULT_PREFIX, Keys};
     version,
     about = "Mounts a directory whose PHP session files live in Redis",
     after_help = "Options (-o): ttl=SECONDS prefix=STRING cache_size=BYTES max_size=BYTES \
-                  timeout=SECONDS lock_lease=SECONDS allow_other allow_root default_permissions password_file=PATH \
+                  timeout=SECONDS lock_lease=SECONDS leases=on|off allow_other allow_root default_permissions password_file=PATH \
                   log=LEVEL log_file=PATH dir_mode=OCTAL uid=N gid=N. See sessfs(8)."
 )]
 pub struct Cli {
@@ -43,6 +43,7 @@ pub const OWN_OPTIONS: &[&str] = &[
     "max_size",
     "timeout",
     "lock_lease",
+    "leases",
     "allow_other",
     "allow_root",
     "default_permissions",
@@ -108,6 +109,8 @@ pub struct Options {
     pub max_size: u64,
     pub timeout: Duration,
     pub lock_lease: Duration,
+    /// Keep sessions (lock and content) on this server between requests until another asks.
+    pub leases: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
@@ -130,6 +133,7 @@ impl Default for Options {
             max_size: 4 << 20,
             timeout: Duration::from_secs(5),
             lock_lease: Duration::from_secs(5),
+            leases: true,
             allow_other: false,
             allow_root: false,
             default_permissions: false,
@@ -215,6 +219,13 @@ impl Options {
                         "option lock_lease={}: at least 0.3 seconds",
                         need(value)?
                     ));
+                }
+            }
+            "leases" => {
+                self.leases = match need(value)?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(format!("option leases={v}: use on or off")),
                 }
             }
             "prefix" => self.prefix = need(value)?,

@@ -370,6 +370,8 @@ pub fn run(cli: &Cli, opts: &Options, url: &StoreUrl, notify: &mut Notify) -> Re
             dir_uid: opts.uid,
             dir_gid: opts.gid,
             lock_lease: opts.lock_lease,
+            leases: opts.leases,
+            batch_touches: opts.ttl >= Duration::from_secs(60),
         },
     ));
     rt.block_on(fs.start()).map_err(|e| {
@@ -398,11 +400,13 @@ pub fn run(cli: &Cli, opts: &Options, url: &StoreUrl, notify: &mut Notify) -> Re
             format!("cannot mount on {}: {e}", cli.mountpoint.display()),
         )
     })?;
+    fs.set_kernel(Arc::new(crate::fuse::Kernel::new(session.notifier())));
     tracing::info!(
         store = url.shown(),
         mountpoint = %cli.mountpoint.display(),
         prefix = opts.prefix,
         ttl = opts.ttl.as_secs(),
+        leases = opts.leases,
         "mounted"
     );
     notify.ready();

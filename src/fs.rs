@@ -13,21 +13,47 @@
 //! - A session deleted here or elsewhere is never brought back by a late write from a file that
 //!   was open before the delete (the store checks the incarnation).
 //! - No lock of this module is held across a store round trip.
+//! - Leases: while this server holds a session's cluster lock exclusively (kept after the last
+//!   close until another server asks, see `lock`), nobody else can change the session: the
+//!   store recalls the lease before it lets another server load, write or delete it. Opens,
+//!   lookups and stats are then answered from memory, touches are batched until the next lease
+//!   renewal, and the kernel may cache attributes, for no longer than the lease is sure to
+//!   last; before the lease is given up, the kernel's copy is invalidated (or waited out).
 
 pub mod error;
 pub mod locking;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cache::{Cached, ContentCache};
 use crate::keys::{NameError, SessionName};
-use crate::store::{Created, Fence, Loaded, Meta, Nanos, Stat, Store, Written, now_nanos};
+use crate::store::{
+    Asker, Created, Fence, Loaded, Meta, Nanos, Recallable, Removed, Stat, Store, Written,
+    now_nanos,
+};
 pub use error::Error;
 use error::err;
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Runs a store operation until no other server's lease stands in its way: each `Recalled`
+/// answer means the holder was asked to let go, and this waits for its release (killable by
+/// the waiting process's signals) before asking again. `$op` is evaluated anew each time.
+macro_rules! recalling {
+    ($fs:expr, $name:expr, $pid:expr, $op:expr) => {{
+        let mut waker = None;
+        loop {
+            let answer = $op.await.map_err(|e| Error::store($name, e))?;
+            match Recallable::recalled(&answer) {
+                None => break answer,
+                Some(after) => $fs.wait_recall($name, &mut waker, after, $pid).await?,
+            }
+        }
+    }};
+}
 
 pub const ROOT_INO: u64 = 1;
 /// `.sessfs-status`: what this server holds and waits for, read by `sessfs status`. A dot
@@ -47,6 +73,47 @@ const LISTED_MAX: usize = 200_000;
 /// How long a lookup's answer may stand in for an open's check (both are one open(2)).
 const LOOKUP_VALIDITY: Duration = Duration::from_millis(200);
 
+/// Longest the kernel may cache a leased file's attributes. Short, so that a kernel cache the
+/// daemon failed to invalidate heals by itself; capped further by the lease's own end.
+const KERNEL_TTL: Duration = Duration::from_secs(1);
+
+/// The part of `lock_lease` after the last grant or renewal (timed from when it was sent) for
+/// which this server trusts its lease. The store ends it at the full lease; the rest is the
+/// margin for the request's way there and for clock rates.
+const LEASE_TRUST: (u32, u32) = (4, 5);
+
+/// How often a process waiting for another server to give a session up is checked for signals
+/// (fuse-facts.md 5 and 6: a request in the daemon cannot be killed otherwise).
+const RECALL_SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// The kernel's caches of this mount, which the daemon must empty for a file before another
+/// server may change it. `fuse` implements it on fuser's notifier; unit tests record calls.
+/// Called from a blocking thread, never from a request handler (fuse-facts.md 14).
+pub trait KernelCache: Send + Sync + 'static {
+    /// Drops the kernel's cached attributes of inode `ino`.
+    fn invalidate(&self, ino: u64) -> std::io::Result<()>;
+}
+
+/// Counters for `sessfs status` and the benchmark.
+#[derive(Debug, Default)]
+struct Counters {
+    fuse_requests: AtomicU64,
+    opens: AtomicU64,
+    /// Requests from other servers to give a leased session up.
+    recalls: AtomicU64,
+    /// Times this server had to wait for another server's lease.
+    recall_waits: AtomicU64,
+}
+
+/// This server holds the session's cluster lock exclusively (see the module's invariants).
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// Trusted until then (LEASE_TRUST); renewals move it.
+    until: Instant,
+    /// Another server asked for the session: no more kernel caching, it goes soon.
+    recalled: bool,
+}
+
 /// Who is asking: from the FUSE request header.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -64,6 +131,8 @@ pub enum Kind {
 /// What `stat` shows; `fuse` turns it into the kernel's form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
+    /// How long the kernel may cache these attributes: zero unless the file is leased.
+    pub cache_for: Duration,
     pub ino: u64,
     pub kind: Kind,
     pub size: u64,
@@ -88,6 +157,13 @@ pub struct FsConfig {
     pub dir_gid: u32,
     /// How long a cluster lock outlives a server that stopped renewing it.
     pub lock_lease: Duration,
+    /// Keep a session (its lock and content) after the last local use until another server
+    /// asks for it; off: every request asks the store.
+    pub leases: bool,
+    /// Batch touches under a lease (until the next renewal, a third of `lock_lease`). Only
+    /// where the session lifetime is long against that delay (sessfs: ttl >= 60 s), or a
+    /// touch could arrive after the session expired.
+    pub batch_touches: bool,
 }
 
 /// A time set by `utimensat`.
@@ -172,6 +248,12 @@ struct Inode {
     /// epoch did not move while it was on its way: otherwise a newer local state (a write, a
     /// flush, a fresher answer) would be overwritten by an older one.
     epoch: u64,
+    /// Set while this server holds the session's lease; the inode is kept as long.
+    lease: Option<Lease>,
+    /// A touch (times only) made under the lease and not yet sent.
+    touch_pending: bool,
+    /// Until when the kernel may hold attributes it was given with a TTL.
+    kernel_until: Option<Instant>,
 }
 
 impl Inode {
@@ -190,7 +272,15 @@ impl Inode {
             flushed: 0,
             epoch: 0,
             looked_up: None,
+            lease: None,
+            touch_pending: false,
+            kernel_until: None,
         }
+    }
+
+    /// Whether the lease is still to be trusted now.
+    fn leased(&self) -> bool {
+        self.lease.is_some_and(|l| l.until > Instant::now())
     }
 
     fn is_dirty(&self) -> bool {
@@ -302,7 +392,7 @@ impl State {
         let unused = self
             .inodes
             .get(&ino)
-            .is_some_and(|i| i.lookups == 0 && i.open == 0);
+            .is_some_and(|i| i.lookups == 0 && i.open == 0 && i.lease.is_none());
         if unused
             && let Some(inode) = self.inodes.remove(&ino)
             && let Some(name) = inode.name
@@ -348,6 +438,8 @@ pub struct Fs<S: Store> {
     /// mistakes an old claim for its own.
     owner: String,
     mounted_at: SystemTime,
+    kernel: OnceLock<Arc<dyn KernelCache>>,
+    counters: Counters,
 }
 
 impl<S: Store> Fs<S> {
@@ -362,7 +454,52 @@ impl<S: Store> Fs<S> {
             listed: Mutex::new(HashMap::new()),
             owner: format!("{:016x}", crate::store::fresh_token()),
             mounted_at: SystemTime::now(),
+            kernel: OnceLock::new(),
+            counters: Counters::default(),
         }
+    }
+
+    /// Lets the kernel cache leased files' attributes, now that they can be invalidated.
+    pub fn set_kernel(&self, kernel: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(kernel);
+    }
+
+    /// One request from the kernel (counted for `sessfs status`).
+    pub fn count_request(&self) {
+        self.counters.fuse_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn asker(&self) -> Asker<'_> {
+        Asker {
+            owner: &self.owner,
+            lease: self.cfg.lock_lease,
+        }
+    }
+
+    /// How long the kernel may cache the attributes of `inode` now: under a lease nobody has
+    /// recalled, never past the lease's trusted end.
+    fn kernel_ttl(&self, inode: &Inode) -> Duration {
+        if self.kernel.get().is_none() {
+            return Duration::ZERO;
+        }
+        match inode.lease {
+            Some(l) if !l.recalled => l
+                .until
+                .saturating_duration_since(Instant::now())
+                .min(KERNEL_TTL),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The attributes as the kernel is given them, noting how long it may keep them.
+    fn kernel_attr(&self, ino: u64, inode: &mut Inode) -> Attr {
+        let mut a = Self::attr_of(ino, inode);
+        a.cache_for = self.kernel_ttl(inode);
+        if !a.cache_for.is_zero() {
+            let until = Instant::now() + a.cache_for;
+            inode.kernel_until = Some(inode.kernel_until.map_or(until, |u| u.max(until)));
+        }
+        a
     }
 
     /// This server's name in the store's lock records.
@@ -404,6 +541,7 @@ impl<S: Store> Fs<S> {
 
     pub fn root_attr(&self) -> Attr {
         Attr {
+            cache_for: Duration::ZERO,
             ino: ROOT_INO,
             kind: Kind::Directory,
             size: 0,
@@ -418,6 +556,7 @@ impl<S: Store> Fs<S> {
 
     fn attr_of(ino: u64, inode: &Inode) -> Attr {
         Attr {
+            cache_for: Duration::ZERO,
             ino,
             kind: Kind::File,
             size: inode.current_size(),
@@ -473,10 +612,10 @@ impl<S: Store> Fs<S> {
         let mut st = self.state();
         if let Some(&ino) = st.by_name.get(&name)
             && let Some(inode) = st.inodes.get_mut(&ino)
-            && inode.open > 0
+            && (inode.open > 0 || inode.leased())
         {
             inode.lookups += 1;
-            return Some(Ok(Self::attr_of(ino, inode)));
+            return Some(Ok(self.kernel_attr(ino, inode)));
         }
         let stat = listed?;
         let ino = st.bind(&name, &stat);
@@ -485,7 +624,7 @@ impl<S: Store> Fs<S> {
             inode.absorb(&stat);
         }
         inode.lookups += 1;
-        Some(Ok(Self::attr_of(ino, inode)))
+        Some(Ok(self.kernel_attr(ino, inode)))
     }
 
     pub async fn lookup(&self, parent: u64, name: &[u8], pid: u32) -> Result<Attr> {
@@ -522,7 +661,7 @@ impl<S: Store> Fs<S> {
             }
         }
         inode.lookups += 1;
-        Ok(Self::attr_of(ino, inode))
+        Ok(self.kernel_attr(ino, inode))
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -542,13 +681,13 @@ impl<S: Store> Fs<S> {
             return Some(Ok(self.status_attr(0)));
         }
         let name = {
-            let st = self.state();
-            let Some(inode) = st.inodes.get(&ino) else {
+            let mut st = self.state();
+            let Some(inode) = st.inodes.get_mut(&ino) else {
                 return Some(Err(err!(ENOENT, Debug, "inode {ino} is not known")));
             };
             match &inode.name {
-                Some(name) if inode.open == 0 => name.clone(),
-                _ => return Some(Ok(Self::attr_of(ino, inode))),
+                Some(name) if inode.open == 0 && !inode.leased() => name.clone(),
+                _ => return Some(Ok(self.kernel_attr(ino, inode))),
             }
         };
         let stat = self.listed_stat(&name, pid)?;
@@ -557,7 +696,7 @@ impl<S: Store> Fs<S> {
         if inode.open == 0 && !inode.is_dirty() {
             inode.absorb(&stat);
         }
-        Some(Ok(Self::attr_of(ino, inode)))
+        Some(Ok(self.kernel_attr(ino, inode)))
     }
 
     pub async fn getattr(&self, ino: u64, pid: u32) -> Result<Attr> {
@@ -568,14 +707,14 @@ impl<S: Store> Fs<S> {
             return Ok(self.status_attr(0));
         }
         let name = {
-            let st = self.state();
+            let mut st = self.state();
             let inode = st
                 .inodes
-                .get(&ino)
+                .get_mut(&ino)
                 .ok_or_else(|| err!(ENOENT, Debug, "inode {ino} is not known"))?;
             match &inode.name {
-                Some(name) if inode.open == 0 => name.clone(),
-                _ => return Ok(Self::attr_of(ino, inode)),
+                Some(name) if inode.open == 0 && !inode.leased() => name.clone(),
+                _ => return Ok(self.kernel_attr(ino, inode)),
             }
         };
         let before = self.epoch_of_name(&name);
@@ -597,7 +736,7 @@ impl<S: Store> Fs<S> {
                 if inode.open == 0 && before.is_none_or(|e| e == inode.epoch) {
                     inode.absorb(&stat);
                 }
-                Ok(Self::attr_of(ino, inode))
+                Ok(self.kernel_attr(ino, inode))
             }
             None => Err(err!(ENOENT, Debug, "{name}: no such session")),
         }
@@ -645,6 +784,7 @@ impl<S: Store> Fs<S> {
     }
 
     pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<u64> {
+        self.counters.opens.fetch_add(1, Ordering::Relaxed);
         if ino == STATUS_INO {
             let text = Arc::new(self.status_text().into_bytes());
             let mut st = self.state();
@@ -668,6 +808,9 @@ impl<S: Store> Fs<S> {
             }
             name
         };
+        if let Some(fh) = self.open_from_lease(ino, &name, flags) {
+            return Ok(fh);
+        }
         if let Some(fh) = self.open_from_lookup(ino, &name, flags, caller.pid) {
             return Ok(fh);
         }
@@ -676,9 +819,10 @@ impl<S: Store> Fs<S> {
         for _ in 0..MAX_REVALIDATIONS {
             let epoch = self.epoch_of_ino(ino);
             let known = self.known_copy(ino, &name);
+            let version = known.as_ref().map(|c| c.version);
             let loaded = self
                 .store
-                .load(&name, known.as_ref().map(|c| c.version))
+                .load(&name, version)
                 .await
                 .map_err(|e| Error::store(&name, e))?;
             let (stat, data) = match loaded {
@@ -725,6 +869,23 @@ impl<S: Store> Fs<S> {
             Error,
             "{name}: content kept changing here while it was being validated"
         ))
+    }
+
+    /// Opens from memory under a lease: nobody else can have changed the session, so the copy
+    /// this server holds (open here, or cached at the last close) is the stored one.
+    fn open_from_lease(&self, ino: u64, name: &SessionName, flags: OpenFlags) -> Option<u64> {
+        let cached = self.cache().get(name);
+        let mut st = self.state();
+        let inode = st.inodes.get_mut(&ino)?;
+        if !inode.leased() || inode.version.is_none() {
+            return None;
+        }
+        if inode.data.is_none() {
+            let c = cached.filter(|c| Some(c.version) == inode.version)?;
+            inode.data = Some(c.data);
+            inode.epoch += 1;
+        }
+        Self::new_handle(&mut st, ino, flags).ok()
     }
 
     /// Opens without a round trip when this process's lookup, a moment ago inside the same
@@ -847,7 +1008,11 @@ impl<S: Store> Fs<S> {
         }
         inode.lookups += 1;
         let fh = Self::new_handle(&mut st, ino, flags)?;
-        let attr = Self::attr_of(ino, &st.inodes[&ino]);
+        let inode = st
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| err!(EIO, Error, "{name}: inode vanished"))?;
+        let attr = self.kernel_attr(ino, inode);
         Ok((attr, fh))
     }
 
@@ -860,13 +1025,16 @@ impl<S: Store> Fs<S> {
 
     /// Attributes of an open file: this server's view, which includes its unsent writes.
     pub fn getattr_open(&self, fh: u64) -> Result<Attr> {
-        let st = self.state();
+        let mut st = self.state();
         if let Some(text) = st.status.get(&fh) {
             return Ok(self.status_attr(text.len() as u64));
         }
         let ino = Self::handle_ino(&st, fh)?;
-        let inode = &st.inodes[&ino];
-        Ok(Self::attr_of(ino, inode))
+        let inode = st
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| err!(EBADF, Error, "file handle {fh}: inode gone"))?;
+        Ok(self.kernel_attr(ino, inode))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -926,8 +1094,10 @@ impl<S: Store> Fs<S> {
         Ok(bytes.len() as u32)
     }
 
-    /// Sends this inode's unsent changes to the store; Ok if there were none.
-    async fn persist(&self, ino: u64) -> Result<()> {
+    /// Sends this inode's unsent changes to the store; Ok if there were none. `pid`: the
+    /// process whose close waits for it, if any (a wait for another server's lease is
+    /// interrupted by its signals).
+    async fn persist(&self, ino: u64, pid: Option<u32>) -> Result<()> {
         let (name, expect, data, meta, generation) = {
             let st = self.state();
             let Some(inode) = st.inodes.get(&ino) else {
@@ -950,14 +1120,17 @@ impl<S: Store> Fs<S> {
             owner: &self.owner,
             token,
         });
-        let written = self
-            .store
-            .write(&name, expect, fence, &data, &meta)
-            .await
-            .map_err(|e| Error::store(&name, e))?;
+        let written = recalling!(
+            self,
+            &name,
+            pid,
+            self.store
+                .write(&name, expect, fence, &data, &meta, self.asker())
+        );
         self.forget_listed(&name);
         let mut st = self.state();
         match written {
+            Written::Recalled(_) => Err(err!(EIO, Error, "{name}: write kept being recalled")),
             Written::Fenced => {
                 if let Some(inode) = st.inodes.get_mut(&ino) {
                     inode.flushed = inode.dirty;
@@ -974,6 +1147,8 @@ impl<S: Store> Fs<S> {
                 if let Some(inode) = st.inodes.get_mut(&ino) {
                     inode.flushed = inode.flushed.max(generation);
                     inode.epoch += 1;
+                    // The write carried the times: no touch left to send.
+                    inode.touch_pending = false;
                     if !inode.is_dirty() {
                         inode.version = stat.version;
                         inode.incarnation = stat.incarnation;
@@ -1001,13 +1176,19 @@ impl<S: Store> Fs<S> {
     }
 
     /// close(2): the session reaches the store before close returns.
-    pub async fn flush(&self, fh: u64) -> Result<()> {
-        let ino = Self::handle_ino(&self.state(), fh)?;
-        self.persist(ino).await
+    pub async fn flush(&self, fh: u64, pid: u32) -> Result<()> {
+        let ino = {
+            let st = self.state();
+            if st.status.contains_key(&fh) {
+                return Ok(());
+            }
+            Self::handle_ino(&st, fh)?
+        };
+        self.persist(ino, Some(pid)).await
     }
 
-    pub async fn fsync(&self, fh: u64) -> Result<()> {
-        self.flush(fh).await
+    pub async fn fsync(&self, fh: u64, pid: u32) -> Result<()> {
+        self.flush(fh, pid).await
     }
 
     /// The last close of a file: sends what a failed flush left, then moves the content to the
@@ -1025,7 +1206,7 @@ impl<S: Store> Fs<S> {
             st.inodes.get(&ino).is_some_and(|i| i.open == 1)
         };
         let sent = if last {
-            self.persist(ino).await
+            self.persist(ino, None).await
         } else {
             Ok(())
         };
@@ -1173,11 +1354,19 @@ impl<S: Store> Fs<S> {
             }
             // An open file with changes to send takes the metadata along at flush.
             if inode.is_dirty() {
-                return Ok(Self::attr_of(ino, inode));
+                return Ok(self.kernel_attr(ino, inode));
             }
             let Some(name) = inode.name.clone() else {
-                return Ok(Self::attr_of(ino, inode));
+                return Ok(self.kernel_attr(ino, inode));
             };
+            // A touch under the lease (lazy_write's utime) waits for the next renewal or the
+            // lease's end: the lifetime and ctime it refreshes are minutes long.
+            let times_only =
+                set.size.is_none() && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+            if times_only && self.cfg.batch_touches && inode.leased() && inode.version.is_some() {
+                inode.touch_pending = true;
+                return Ok(self.kernel_attr(ino, inode));
+            }
             (name, set.size.is_none(), inode.incarnation, inode.meta)
         };
         if meta_only || set.size.is_some() {
@@ -1186,14 +1375,19 @@ impl<S: Store> Fs<S> {
                 owner: &self.owner,
                 token,
             });
-            let written = self
-                .store
-                .update_meta(&name, expect, fence, &meta)
-                .await
-                .map_err(|e| Error::store(&name, e))?;
+            let written = recalling!(
+                self,
+                &name,
+                Some(caller.pid),
+                self.store
+                    .update_meta(&name, expect, fence, &meta, self.asker())
+            );
             self.forget_listed(&name);
             let mut st = self.state();
             match written {
+                Written::Recalled(_) => {
+                    return Err(err!(EIO, Error, "{name}: change kept being recalled"));
+                }
                 Written::Fenced => {
                     return Err(err!(
                         EIO,
@@ -1205,6 +1399,7 @@ impl<S: Store> Fs<S> {
                     if let Some(inode) = st.inodes.get_mut(&ino)
                         && !inode.is_dirty()
                     {
+                        inode.touch_pending = false;
                         inode.incarnation = stat.incarnation;
                         if inode.version != stat.version {
                             // The store assigned a version to a foreign session's content.
@@ -1219,31 +1414,32 @@ impl<S: Store> Fs<S> {
                 }
             }
         }
-        let st = self.state();
+        let mut st = self.state();
         let inode = st
             .inodes
-            .get(&ino)
+            .get_mut(&ino)
             .ok_or_else(|| err!(ENOENT, Debug, "{name}: inode was forgotten"))?;
-        Ok(Self::attr_of(ino, inode))
+        Ok(self.kernel_attr(ino, inode))
     }
 
-    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+    pub async fn unlink(&self, parent: u64, name: &[u8], pid: u32) -> Result<()> {
         Self::check_parent(parent)?;
         let name = parse_name(name)
             .map_err(|_| err!(ENOENT, Debug, "{}: not a session name", shown(name)))?;
-        let existed = self
-            .store
-            .remove(&name)
-            .await
-            .map_err(|e| Error::store(&name, e))?;
+        let removed = recalling!(
+            self,
+            &name,
+            Some(pid),
+            self.store.remove(&name, self.asker())
+        );
         self.forget_listed(&name);
         let mut st = self.state();
         st.unbind(&name);
         self.cache().remove(&name);
-        if existed {
-            Ok(())
-        } else {
-            Err(err!(ENOENT, Debug, "{name}: no such session"))
+        match removed {
+            Removed::Removed => Ok(()),
+            Removed::Missing => Err(err!(ENOENT, Debug, "{name}: no such session")),
+            Removed::Recalled(_) => Err(err!(EIO, Error, "{name}: delete kept being recalled")),
         }
     }
 
@@ -1369,6 +1565,7 @@ impl<S: Store> Fs<S> {
 
     fn status_attr(&self, size: u64) -> Attr {
         Attr {
+            cache_for: Duration::ZERO,
             ino: STATUS_INO,
             kind: Kind::File,
             size,
@@ -1393,8 +1590,24 @@ impl<S: Store> Fs<S> {
             (c.entries(), c.bytes())
         };
         let locks = self.lock_status();
+        let leases = self.state().inodes.values().filter(|i| i.leased()).count();
+        let c = &self.counters;
         let mut out = String::new();
         let _ = writeln!(out, "server {}", self.owner);
+        let _ = writeln!(
+            out,
+            "counters fuse_requests={} store_round_trips={} opens={} recalls={} recall_waits={}",
+            c.fuse_requests.load(Ordering::Relaxed),
+            self.store.round_trips(),
+            c.opens.load(Ordering::Relaxed),
+            c.recalls.load(Ordering::Relaxed),
+            c.recall_waits.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "leases {leases} (kept {})",
+            if self.cfg.leases { "on" } else { "off" }
+        );
         let _ = writeln!(
             out,
             "files known {inodes}, open {open}, cached {cached} ({cached_bytes} bytes)"

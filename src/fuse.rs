@@ -24,9 +24,31 @@ use crate::fs::error::Level;
 use crate::fs::{Attr, Caller, Error, Fs, Kind, OpenFlags, SetAttr, SetTime};
 use crate::store::Store;
 
-/// Attributes and entries are not cached by the kernel: every stat and open comes here, so
-/// what another server wrote is seen (close-to-open).
-const TTL: Duration = Duration::ZERO;
+/// Entries are never cached by the kernel: every open(2) looks its name up here. Attributes
+/// are cached only as long as `fs` says (`Attr::cache_for`: while this server holds the
+/// session's lease). Entry invalidation would take the directory's lock, which an unlink
+/// waiting for another server holds; attribute invalidation takes none (fuse-facts.md 14).
+const ENTRY_TTL: Duration = Duration::ZERO;
+
+/// `fs::KernelCache` on fuser's notifier: drops an inode's cached attributes (offset -1: no
+/// page range, since files are opened with direct I/O and have no cached pages).
+pub struct Kernel(fuser::Notifier);
+
+impl Kernel {
+    pub fn new(notifier: fuser::Notifier) -> Kernel {
+        Kernel(notifier)
+    }
+}
+
+impl crate::fs::KernelCache for Kernel {
+    fn invalidate(&self, ino: u64) -> std::io::Result<()> {
+        match self.0.inval_inode(INodeNo(ino), -1, 0) {
+            // The kernel no longer knows the inode: nothing cached.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+}
 
 pub struct FuseFs<S: Store> {
     fs: Arc<Fs<S>>,
@@ -120,9 +142,17 @@ impl<S: Store> Filesystem for FuseFs<S> {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.fs.count_request();
         let id = req.unique().0;
         match self.fs.lookup_now(parent.0, name.as_bytes(), req.pid()) {
-            Some(Ok(a)) => return reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Some(Ok(a)) => {
+                return reply.entry_with_ttls(
+                    &a.cache_for,
+                    &ENTRY_TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                );
+            }
             Some(Err(e)) => return reply.error(report("lookup", id, &e)),
             None => {}
         }
@@ -131,27 +161,31 @@ impl<S: Store> Filesystem for FuseFs<S> {
         let pid = req.pid();
         self.spawn("lookup", req, async move {
             match fs.lookup(parent.0, &name, pid).await {
-                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                Ok(a) => {
+                    reply.entry_with_ttls(&a.cache_for, &ENTRY_TTL, &file_attr(&a), Generation(0))
+                }
                 Err(e) => reply.error(report("lookup", id, &e)),
             }
         });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.count_request();
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.fs.count_request();
         let id = req.unique().0;
         if let Some(fh) = fh {
             match self.fs.getattr_open(fh.0) {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Ok(a) => reply.attr(&a.cache_for, &file_attr(&a)),
                 Err(e) => reply.error(report("getattr", id, &e)),
             }
             return;
         }
         match self.fs.getattr_now(ino.0, req.pid()) {
-            Some(Ok(a)) => return reply.attr(&TTL, &file_attr(&a)),
+            Some(Ok(a)) => return reply.attr(&a.cache_for, &file_attr(&a)),
             Some(Err(e)) => return reply.error(report("getattr", id, &e)),
             None => {}
         }
@@ -159,7 +193,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         let pid = req.pid();
         self.spawn("getattr", req, async move {
             match fs.getattr(ino.0, pid).await {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Ok(a) => reply.attr(&a.cache_for, &file_attr(&a)),
                 Err(e) => reply.error(report("getattr", id, &e)),
             }
         });
@@ -183,6 +217,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.fs.count_request();
         let set = SetAttr {
             size,
             mode,
@@ -196,7 +231,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         let id = req.unique().0;
         self.spawn("setattr", req, async move {
             match fs.setattr(ino.0, fh.map(|f| f.0), set, who).await {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Ok(a) => reply.attr(&a.cache_for, &file_attr(&a)),
                 Err(e) => reply.error(report("setattr", id, &e)),
             }
         });
@@ -212,6 +247,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.fs.count_request();
         let id = req.unique().0;
         if mode & libc::S_IFMT != libc::S_IFREG {
             let e = self
@@ -233,7 +269,12 @@ impl<S: Store> Filesystem for FuseFs<S> {
                 Ok((a, fh)) => {
                     let released = fs.release(fh).await;
                     match released {
-                        Ok(()) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                        Ok(()) => reply.entry_with_ttls(
+                            &a.cache_for,
+                            &ENTRY_TTL,
+                            &file_attr(&a),
+                            Generation(0),
+                        ),
                         Err(e) => reply.error(report("mknod", id, &e)),
                     }
                 }
@@ -251,16 +292,19 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.fs.count_request();
         let e = self.fs.unsupported("a subdirectory", name.as_bytes());
         reply.error(report("mkdir", req.unique().0, &e));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.count_request();
         let fs = self.fs.clone();
+        let pid = req.pid();
         let name = name.as_bytes().to_vec();
         let id = req.unique().0;
         self.spawn("unlink", req, async move {
-            match fs.unlink(parent.0, &name).await {
+            match fs.unlink(parent.0, &name, pid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(report("unlink", id, &e)),
             }
@@ -268,6 +312,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
     }
 
     fn rmdir(&self, req: &Request, _parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.count_request();
         let e = self.fs.unsupported("a subdirectory", name.as_bytes());
         reply.error(report("rmdir", req.unique().0, &e));
     }
@@ -280,6 +325,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        self.fs.count_request();
         let e = self.fs.unsupported("a symbolic link", link_name.as_bytes());
         reply.error(report("symlink", req.unique().0, &e));
     }
@@ -294,6 +340,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.fs.count_request();
         // EXDEV makes mv(1) fall back to copy and unlink, which this directory supports.
         let e = self.fs.unsupported("rename", name.as_bytes());
         reply.error(report("rename", req.unique().0, &e));
@@ -307,11 +354,13 @@ impl<S: Store> Filesystem for FuseFs<S> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.fs.count_request();
         let e = self.fs.unsupported("a hard link", newname.as_bytes());
         reply.error(report("link", req.unique().0, &e));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        self.fs.count_request();
         let fs = self.fs.clone();
         let who = caller(req);
         let id = req.unique().0;
@@ -335,6 +384,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.fs.count_request();
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(report("read", req.unique().0, &e)),
@@ -353,6 +403,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.fs.count_request();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(report("write", req.unique().0, &e)),
@@ -367,10 +418,12 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.fs.count_request();
         let fs = self.fs.clone();
         let id = req.unique().0;
+        let pid = req.pid();
         self.spawn("flush", req, async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(fh.0, pid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(report("flush", id, &e)),
             }
@@ -387,6 +440,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.count_request();
         let fs = self.fs.clone();
         let id = req.unique().0;
         self.spawn("release", req, async move {
@@ -405,10 +459,12 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.count_request();
         let fs = self.fs.clone();
         let id = req.unique().0;
+        let pid = req.pid();
         self.spawn("fsync", req, async move {
-            match fs.fsync(fh.0).await {
+            match fs.fsync(fh.0, pid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(report("fsync", id, &e)),
             }
@@ -416,6 +472,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        self.fs.count_request();
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(report("opendir", req.unique().0, &e)),
@@ -430,6 +487,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.fs.count_request();
         let fs = self.fs.clone();
         let id = req.unique().0;
         let pid = req.pid();
@@ -460,11 +518,13 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _flags: FuseOpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.fs.count_request();
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.fs.count_request();
         // Redis has no fixed capacity to report; df shows an empty filesystem.
         reply.statfs(0, 0, 0, 0, 0, 4096, crate::keys::NAME_MAX as u32, 4096);
     }
@@ -479,6 +539,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.fs.count_request();
         let e = self.fs.unsupported("xattr", name.as_bytes());
         reply.error(report("setxattr", req.unique().0, &e));
     }
@@ -491,21 +552,25 @@ impl<S: Store> Filesystem for FuseFs<S> {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        self.fs.count_request();
         // ENOSYS makes the kernel stop asking (it answers EOPNOTSUPP itself from then on):
         // `ls -l` asks for ACLs and SELinux labels on every file, two requests per file saved.
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        self.fs.count_request();
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn removexattr(&self, req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.count_request();
         let e = self.fs.unsupported("xattr", name.as_bytes());
         reply.error(report("removexattr", req.unique().0, &e));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.fs.count_request();
         // Permission checks are the kernel's (default_permissions) or not made at all.
         reply.ok();
     }
@@ -523,6 +588,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.count_request();
         // Keyed by the daemon's file handle, never by the kernel's reusable lock owner; the
         // waiting process is the request's pid, whose signals the daemon watches.
         let fs = self.fs.clone();
@@ -546,6 +612,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.fs.count_request();
         let fs = self.fs.clone();
         let name = name.as_bytes().to_vec();
         let who = caller(req);
@@ -554,7 +621,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         self.spawn("create", req, async move {
             match fs.create(parent.0, &name, mode & !umask, flags, who).await {
                 Ok((a, fh)) => reply.created(
-                    &TTL,
+                    &ENTRY_TTL,
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),

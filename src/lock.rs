@@ -84,17 +84,13 @@ pub struct FileLocks {
     /// lease: the next request here needs no round trip to lock) until another server asks
     /// for it or it stays unused for a renewal period.
     pub unused_since: Option<Instant>,
+    /// Whether a cluster lock nobody here uses is kept at all (the `leases` option).
+    keep: bool,
 }
 
 impl Default for FileLocks {
     fn default() -> FileLocks {
-        FileLocks {
-            holders: Vec::new(),
-            waiters: VecDeque::new(),
-            cluster: Cluster::None,
-            wanted_elsewhere: false,
-            unused_since: None,
-        }
+        FileLocks::new(true)
     }
 }
 
@@ -107,6 +103,17 @@ fn covers(held: Mode, wanted: Mode) -> bool {
 }
 
 impl FileLocks {
+    pub fn new(keep: bool) -> FileLocks {
+        FileLocks {
+            holders: Vec::new(),
+            waiters: VecDeque::new(),
+            cluster: Cluster::None,
+            wanted_elsewhere: false,
+            unused_since: None,
+            keep,
+        }
+    }
+
     pub fn is_idle(&self) -> bool {
         self.holders.is_empty() && self.waiters.is_empty() && self.cluster == Cluster::None
     }
@@ -322,7 +329,7 @@ impl FileLocks {
                 todo.release = Some(token);
             }
             (Cluster::Held { token, .. }, None) => {
-                if self.wanted_elsewhere {
+                if self.wanted_elsewhere || !self.keep {
                     todo.release = Some(token);
                 } else if self.unused_since.is_none() {
                     self.unused_since = Some(Instant::now());
@@ -451,6 +458,14 @@ mod tests {
         l.unlock(2);
         // ... until another server asks for it.
         assert_eq!(l.wanted().release, Some(7));
+    }
+
+    #[test]
+    fn with_leases_off_the_last_unlock_lets_the_cluster_lock_go() {
+        let mut l = FileLocks::new(false);
+        held(&mut l, EX);
+        assert!(matches!(l.request(1, EX, true, 1).0, Request::Granted));
+        assert_eq!(l.unlock(1).release, Some(7));
     }
 
     #[test]

@@ -7,16 +7,17 @@
 //! content check, so the holder reads what the previous holder wrote.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use super::error::err;
-use super::{Fs, Result};
+use super::{Fs, LEASE_TRUST, Lease, RECALL_SIGNAL_CHECK, Result};
 use crate::keys::SessionName;
 use crate::lock::{self, Cluster, FileLocks, Mode, Request, Todo};
-use crate::store::{Acquired, Claim, Event, Loaded, Store, fresh_token};
+use crate::store::{Acquired, Claim, Event, Fence, Loaded, Store, Written, fresh_token};
 
 fn epoch_or(e: Option<u64>) -> u64 {
     e.unwrap_or(u64::MAX)
@@ -31,9 +32,45 @@ const OUTAGE_RETRY: Duration = Duration::from_millis(500);
 #[derive(Default)]
 pub(super) struct LockTable {
     pub(super) files: HashMap<u64, (SessionName, FileLocks)>,
-    /// Wakes the acquisition loop of a session when the store says its lock was let go.
-    wakers: HashMap<SessionName, Arc<Notify>>,
+    /// Bumped when the store says a session's lock was let go: wakes every acquisition loop
+    /// and every recall wait for it. A receiver taken before a store request sees a bump that
+    /// arrives while the answer is on its way, so no release is missed.
+    wakers: HashMap<SessionName, watch::Sender<u64>>,
     signal_checker: bool,
+}
+
+/// A subscription to a session's releases; the entry goes once nobody listens.
+pub(super) struct Waker<'a> {
+    table: &'a Mutex<LockTable>,
+    name: SessionName,
+    rx: Option<watch::Receiver<u64>>,
+}
+
+impl Waker<'_> {
+    /// Until the next release (or a signal to look again).
+    async fn changed(&mut self) {
+        let heard = match self.rx.as_mut() {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => false,
+        };
+        // The sender cannot go while this receiver exists; should it, fall back to time.
+        if !heard {
+            tokio::time::sleep(RECALL_SIGNAL_CHECK).await;
+        }
+    }
+}
+
+impl Drop for Waker<'_> {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if t.wakers
+            .get(&self.name)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            t.wakers.remove(&self.name);
+        }
+    }
 }
 
 /// A line of `sessfs status`.
@@ -88,17 +125,39 @@ impl<S: Store> Fs<S> {
     fn on_event(self: &Arc<Self>, event: Event) {
         tracing::debug!(?event, "lock event");
         match event {
-            Event::Released(name) => {
-                if let Some(w) = self.locks().wakers.get(&name) {
-                    w.notify_one();
-                }
-            }
+            Event::Released(name) => self.wake(&name),
             Event::Resync => {
                 for w in self.locks().wakers.values() {
-                    w.notify_one();
+                    w.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                // Recalls may have been missed and Redis may have restarted empty (no lock is
+                // held there any more): no content is served from memory until the next grant.
+                let ended: Vec<(u64, Option<Instant>)> = {
+                    let mut st = self.state();
+                    st.inodes
+                        .iter_mut()
+                        .filter(|(_, i)| i.lease.is_some())
+                        .map(|(ino, i)| {
+                            i.lease = None;
+                            (*ino, i.kernel_until.take())
+                        })
+                        .collect()
+                };
+                if !ended.is_empty() {
+                    tracing::info!(
+                        leases = ended.len(),
+                        "lock events resynchronised; leases dropped"
+                    );
+                    let fs = self.clone();
+                    tokio::spawn(async move {
+                        for (ino, until) in ended {
+                            fs.empty_kernel_cache(ino, until).await;
+                        }
+                    });
                 }
             }
             Event::Wanted(name) => {
+                self.counters.recalls.fetch_add(1, Ordering::Relaxed);
                 let todos: Vec<(u64, Todo)> = {
                     let mut t = self.locks();
                     t.files
@@ -108,9 +167,178 @@ impl<S: Store> Fs<S> {
                         .collect()
                 };
                 for (ino, todo) in todos {
+                    if let Some(l) = self
+                        .state()
+                        .inodes
+                        .get_mut(&ino)
+                        .and_then(|i| i.lease.as_mut())
+                    {
+                        l.recalled = true;
+                    }
                     self.run_todo(ino, todo);
                 }
             }
+        }
+    }
+
+    fn wake(&self, name: &SessionName) {
+        if let Some(w) = self.locks().wakers.get(name) {
+            w.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    pub(super) fn waker(&self, name: &SessionName) -> Waker<'_> {
+        let rx = self
+            .locks()
+            .wakers
+            .entry(name.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        Waker {
+            table: &self.locks,
+            name: name.clone(),
+            rx: Some(rx),
+        }
+    }
+
+    /// Waits after a `Recalled` answer: the first time only starts listening (the caller asks
+    /// again at once, now sure to hear the release); then until the holder's release, or the
+    /// time its lease would run out. EINTR when the waiting process gets a signal.
+    pub(super) async fn wait_recall<'a>(
+        &'a self,
+        name: &SessionName,
+        waker: &mut Option<Waker<'a>>,
+        after: Duration,
+        pid: Option<u32>,
+    ) -> Result<()> {
+        self.counters.recall_waits.fetch_add(1, Ordering::Relaxed);
+        let Some(w) = waker.as_mut() else {
+            *waker = Some(self.waker(name));
+            return Ok(());
+        };
+        let deadline = Instant::now() + after.clamp(Duration::from_millis(5), self.cfg.lock_lease);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = w.changed() => return Ok(()),
+                _ = tokio::time::sleep(left.min(RECALL_SIGNAL_CHECK)) => {}
+            }
+            if let Some(pid) = pid
+                && lock::signal_pending(pid)
+            {
+                return Err(err!(
+                    EINTR,
+                    Debug,
+                    "{name}: waiting for another server to let go of the session, interrupted \
+                     by a signal"
+                ));
+            }
+        }
+    }
+
+    /// The cluster lock was granted in `mode`, by a request sent at `sent`: exclusively held,
+    /// it is a lease on the content too.
+    fn grant_lease(&self, ino: u64, mode: Mode, sent: Instant) {
+        if !self.cfg.leases || mode != Mode::Exclusive {
+            return;
+        }
+        let until = sent + self.cfg.lock_lease * LEASE_TRUST.0 / LEASE_TRUST.1;
+        if let Some(inode) = self.state().inodes.get_mut(&ino) {
+            inode.lease = Some(Lease {
+                until,
+                recalled: false,
+            });
+        }
+    }
+
+    fn extend_lease(&self, ino: u64, sent: Instant) {
+        let until = sent + self.cfg.lock_lease * LEASE_TRUST.0 / LEASE_TRUST.1;
+        if let Some(l) = self
+            .state()
+            .inodes
+            .get_mut(&ino)
+            .and_then(|i| i.lease.as_mut())
+        {
+            l.until = l.until.max(until);
+        }
+    }
+
+    /// Ends the lease of `ino`; returns until when the kernel may still hold its attributes.
+    fn end_lease(&self, ino: u64) -> Option<Instant> {
+        let mut st = self.state();
+        let inode = st.inodes.get_mut(&ino)?;
+        inode.lease = None;
+        inode.kernel_until.take()
+    }
+
+    /// Empties the kernel's copy of the attributes before another server may change the file:
+    /// invalidated from a blocking thread (never a request handler, fuse-facts.md 14), or, if
+    /// that cannot be done in time, waited out.
+    async fn empty_kernel_cache(&self, ino: u64, until: Option<Instant>) {
+        let Some(until) = until else { return };
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        if let Some(k) = self.kernel.get().cloned() {
+            let done = tokio::task::spawn_blocking(move || k.invalidate(ino));
+            match tokio::time::timeout(left, done).await {
+                Ok(Ok(Ok(()))) => return,
+                Ok(Ok(Err(e))) => tracing::warn!(
+                    ino,
+                    "invalidating the kernel's attributes: {e}; waiting for them to expire"
+                ),
+                _ => tracing::warn!(
+                    ino,
+                    "the kernel did not take an invalidation in time; waiting for it to expire"
+                ),
+            }
+        }
+        tokio::time::sleep_until(until.into()).await;
+    }
+
+    /// Sends a touch batched under the lease, under the lock's token.
+    async fn flush_touch(&self, ino: u64) {
+        let (name, expect, meta) = {
+            let st = self.state();
+            match st.inodes.get(&ino) {
+                Some(i) if i.touch_pending && !i.is_dirty() => match &i.name {
+                    Some(n) => (n.clone(), i.incarnation, i.meta),
+                    None => return,
+                },
+                _ => return,
+            }
+        };
+        let Some(token) = self.fence_token(ino) else {
+            return;
+        };
+        let fence = Some(Fence {
+            owner: &self.owner,
+            token,
+        });
+        let answer = self
+            .store
+            .update_meta(&name, expect, fence, &meta, self.asker())
+            .await;
+        let sent = match answer {
+            Ok(Written::Done(_)) | Ok(Written::Gone) => true,
+            Ok(other) => {
+                tracing::warn!(session = %name, ?other, "a batched touch was refused");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(session = %name, "sending a batched touch: {e}");
+                false
+            }
+        };
+        if sent
+            && let Some(i) = self.state().inodes.get_mut(&ino)
+            && i.meta == meta
+        {
+            i.touch_pending = false;
         }
     }
 
@@ -141,10 +369,11 @@ impl<S: Store> Fs<S> {
         };
         let (req, todo) = {
             let mut t = self.locks();
+            let keep = self.cfg.leases;
             let (_, l) = t
                 .files
                 .entry(ino)
-                .or_insert_with(|| (name.clone(), FileLocks::default()));
+                .or_insert_with(|| (name.clone(), FileLocks::new(keep)));
             l.request(fh, mode, blocking, pid)
         };
         tracing::debug!(session = %name, fh, ?mode, blocking, ?req, ?todo, "flock");
@@ -179,6 +408,7 @@ impl<S: Store> Fs<S> {
         let token = fresh_token();
         let known = self.known_version(ino);
         let epoch = self.epoch(ino);
+        let sent = Instant::now();
         let acquired = self
             .store
             .lock_acquire(name, &self.claim(token, mode), false, known)
@@ -197,14 +427,16 @@ impl<S: Store> Fs<S> {
                 // The entry may have been dropped as idle while the try was out.
                 let outcome = {
                     let mut t = self.locks();
+                    let keep = self.cfg.leases;
                     let (_, l) = t
                         .files
                         .entry(ino)
-                        .or_insert_with(|| (name.clone(), FileLocks::default()));
+                        .or_insert_with(|| (name.clone(), FileLocks::new(keep)));
                     l.try_granted(fh, token, mode)
                 };
                 match outcome {
                     Ok(todo) => {
+                        self.grant_lease(ino, mode, sent);
                         self.spawn_renewal(ino, name.clone(), token, mode);
                         self.run_todo(ino, todo);
                         Ok(())
@@ -323,7 +555,7 @@ impl<S: Store> Fs<S> {
         }
         if let Some(token) = todo.release {
             let fs = self.clone();
-            tokio::spawn(async move { fs.release_cluster(ino, name, token).await });
+            tokio::spawn(async move { fs.release_cluster(ino, name, token, true).await });
         }
         self.forget_idle_locks(ino);
     }
@@ -335,10 +567,22 @@ impl<S: Store> Fs<S> {
         }
     }
 
-    /// Sends what is pending under the lock, then lets the lock go.
-    async fn release_cluster(self: Arc<Self>, ino: u64, name: SessionName, token: u64) {
-        if let Err(e) = self.persist(ino).await {
+    /// Sends what is pending under the lock (writes, a batched touch), empties the kernel's
+    /// cache of the file unless the mount is gone (`mounted`), then lets the lock go.
+    async fn release_cluster(
+        self: Arc<Self>,
+        ino: u64,
+        name: SessionName,
+        token: u64,
+        mounted: bool,
+    ) {
+        let kernel_until = self.end_lease(ino);
+        if let Err(e) = self.persist(ino, None).await {
             tracing::error!(session = %name, "before releasing the lock: {e}");
+        }
+        self.flush_touch(ino).await;
+        if mounted {
+            self.empty_kernel_cache(ino, kernel_until).await;
         }
         tracing::debug!(session = %name, token, "lock release");
         if let Err(e) = self.store.lock_release(&name, &self.owner, token).await {
@@ -348,6 +592,7 @@ impl<S: Store> Fs<S> {
                 self.cfg.lock_lease
             );
         }
+        self.state().drop_if_unused(ino);
         let todo = {
             let mut t = self.locks();
             match t.files.get_mut(&ino) {
@@ -356,14 +601,6 @@ impl<S: Store> Fs<S> {
             }
         };
         self.run_todo(ino, todo);
-    }
-
-    fn waker(&self, name: &SessionName) -> Arc<Notify> {
-        self.locks()
-            .wakers
-            .entry(name.clone())
-            .or_insert_with(|| Arc::new(Notify::new()))
-            .clone()
     }
 
     fn still_waiting(&self, ino: u64) -> bool {
@@ -376,14 +613,16 @@ impl<S: Store> Fs<S> {
     /// Queues this server for the session's lock until it is granted or nobody here waits.
     async fn acquire_loop(self: Arc<Self>, ino: u64, name: SessionName, mode: Mode) {
         let token = fresh_token();
-        let waker = self.waker(&name);
+        let mut waker = self.waker(&name);
         let mut outage_logged = false;
+        let mut sent = Instant::now();
         let granted = loop {
             if !self.still_waiting(ino) {
                 break None;
             }
             let known = self.known_version(ino);
             let epoch = self.epoch(ino);
+            sent = Instant::now();
             let attempt = self
                 .store
                 .lock_acquire(&name, &self.claim(token, mode), true, known)
@@ -402,7 +641,7 @@ impl<S: Store> Fs<S> {
                     // never releases (its lease runs out).
                     let limit = retry_in.clamp(Duration::from_millis(20), self.cfg.lock_lease);
                     tokio::select! {
-                        _ = waker.notified() => {}
+                        _ = waker.changed() => {}
                         _ = tokio::time::sleep(limit) => {}
                     }
                 }
@@ -415,21 +654,13 @@ impl<S: Store> Fs<S> {
                         outage_logged = true;
                     }
                     tokio::select! {
-                        _ = waker.notified() => {}
+                        _ = waker.changed() => {}
                         _ = tokio::time::sleep(OUTAGE_RETRY) => {}
                     }
                 }
             }
         };
-        {
-            let mut t = self.locks();
-            let other_loop = t.files.iter().any(|(i, (n, l))| {
-                *i != ino && *n == name && matches!(l.cluster, Cluster::Acquiring(_))
-            });
-            if !other_loop {
-                t.wakers.remove(&name);
-            }
-        }
+        drop(waker);
         if let Some(contended) = granted {
             let todo = {
                 let mut t = self.locks();
@@ -442,6 +673,7 @@ impl<S: Store> Fs<S> {
             };
             match todo {
                 Some(todo) => {
+                    self.grant_lease(ino, mode, sent);
                     self.spawn_renewal(ino, name, token, mode);
                     self.run_todo(ino, todo);
                 }
@@ -490,9 +722,12 @@ impl<S: Store> Fs<S> {
                 if !held {
                     return;
                 }
+                fs.flush_touch(ino).await;
+                let sent = Instant::now();
                 match fs.store.lock_renew(&name, &fs.claim(token, mode)).await {
-                    Ok(true) => {}
+                    Ok(true) => fs.extend_lease(ino, sent),
                     Ok(false) => {
+                        fs.end_lease(ino);
                         tracing::error!(
                             session = %name,
                             "the session's cluster lock was lost (its lease of {:?} ran out); \
@@ -561,10 +796,8 @@ impl<S: Store> Fs<S> {
                         fs.run_todo(ino, todo);
                         // Let the acquisition loop see that nobody waits any more.
                         let name = fs.locks().files.get(&ino).map(|(n, _)| n.clone());
-                        if let Some(name) = name
-                            && let Some(w) = fs.locks().wakers.get(&name)
-                        {
-                            w.notify_one();
+                        if let Some(name) = name {
+                            fs.wake(&name);
                         }
                     }
                 }
@@ -583,7 +816,7 @@ impl<S: Store> Fs<S> {
         };
         for (ino, name, todo) in todos {
             if let Some(token) = todo.release {
-                self.clone().release_cluster(ino, name, token).await;
+                self.clone().release_cluster(ino, name, token, false).await;
             }
         }
     }

@@ -39,6 +39,8 @@ fn mount(store: &MemoryStore) -> Arc<Fs<MemoryStore>> {
             dir_uid: 0,
             dir_gid: 0,
             lock_lease: Duration::from_millis(600),
+            leases: true,
+            batch_touches: true,
         },
     ))
 }
@@ -102,7 +104,7 @@ async fn php_request(fs: &Arc<Fs<MemoryStore>>, id: &str, data: Option<&[u8]>) -
             .unwrap();
         }
     }
-    fs.flush(fh).await.unwrap();
+    fs.flush(fh, WWW.pid).await.unwrap();
     fs.release(fh).await.unwrap();
     fs.forget(ino, 1);
     read
@@ -145,7 +147,7 @@ async fn nothing_reaches_the_store_before_close() {
         b"",
         "only the empty creation is visible"
     );
-    a.flush(fh).await.unwrap();
+    a.flush(fh, WWW.pid).await.unwrap();
     assert_eq!(s.raw(&name("sess_y")).unwrap(), b"second");
     a.release(fh).await.unwrap();
 }
@@ -272,7 +274,7 @@ async fn exclusive_create_truncate_and_append() {
     };
     let fh = a.open(ino, trunc, WWW).await.unwrap();
     assert_eq!(a.getattr_open(fh).unwrap().size, 0);
-    a.flush(fh).await.unwrap();
+    a.flush(fh, WWW.pid).await.unwrap();
     a.release(fh).await.unwrap();
     assert_eq!(s.raw(&name("sess_e")).unwrap(), b"");
 }
@@ -317,7 +319,7 @@ async fn a_session_larger_than_max_size_is_refused_whole() {
         .await
         .unwrap_err();
     assert_eq!(e.errno, libc::EFBIG);
-    a.flush(fh).await.unwrap();
+    a.flush(fh, WWW.pid).await.unwrap();
     a.release(fh).await.unwrap();
     assert_eq!(s.raw(&name("sess_big")).unwrap(), b"ok");
 }
@@ -329,17 +331,17 @@ async fn unlink_of_an_open_file_keeps_the_handle_and_the_name_gone() {
     php_request(&a, "sess_u", Some(b"old")).await;
     let ino = a.lookup(ROOT_INO, b"sess_u", 9).await.unwrap().ino;
     let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
-    a.unlink(ROOT_INO, b"sess_u").await.unwrap();
+    a.unlink(ROOT_INO, b"sess_u", WWW.pid).await.unwrap();
     assert_eq!(a.read(fh, 0, 10).unwrap(), b"old");
     a.write(fh, 0, b"ghost").unwrap();
     assert_eq!(a.getattr_open(fh).unwrap().nlink, 0);
-    a.flush(fh).await.unwrap();
+    a.flush(fh, WWW.pid).await.unwrap();
     a.release(fh).await.unwrap();
     assert!(
         s.raw(&name("sess_u")).is_none(),
         "a write to an unlinked file stays gone"
     );
-    let e = a.unlink(ROOT_INO, b"sess_u").await.unwrap_err();
+    let e = a.unlink(ROOT_INO, b"sess_u", WWW.pid).await.unwrap_err();
     assert_eq!(e.errno, libc::ENOENT);
 }
 
@@ -350,9 +352,9 @@ async fn a_delete_on_another_server_is_not_undone_by_a_late_write() {
     php_request(&a, "sess_d", Some(b"logged in")).await;
     let ino = a.lookup(ROOT_INO, b"sess_d", 9).await.unwrap().ino;
     let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
-    b.unlink(ROOT_INO, b"sess_d").await.unwrap();
+    b.unlink(ROOT_INO, b"sess_d", WWW.pid).await.unwrap();
     a.write(fh, 0, b"still logged in").unwrap();
-    a.flush(fh).await.unwrap();
+    a.flush(fh, WWW.pid).await.unwrap();
     a.release(fh).await.unwrap();
     assert!(s.raw(&name("sess_d")).is_none(), "logout on b holds");
     // ... and a new session under the same name is not overwritten by an old handle either.
@@ -361,10 +363,10 @@ async fn a_delete_on_another_server_is_not_undone_by_a_late_write() {
         let ino = a.lookup(ROOT_INO, b"sess_d", 9).await.unwrap().ino;
         a.open(ino, OpenFlags::default(), WWW).await.unwrap()
     };
-    b.unlink(ROOT_INO, b"sess_d").await.unwrap();
+    b.unlink(ROOT_INO, b"sess_d", WWW.pid).await.unwrap();
     php_request(&b, "sess_d", Some(b"fresh")).await;
     a.write(fh, 0, b"stale").unwrap();
-    a.flush(fh).await.unwrap();
+    a.flush(fh, WWW.pid).await.unwrap();
     a.release(fh).await.unwrap();
     assert_eq!(s.raw(&name("sess_d")).unwrap(), b"fresh");
 }
@@ -379,7 +381,7 @@ async fn processes_of_one_server_see_each_others_writes() {
     let f2 = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
     a.write(f1, 0, b"v2").unwrap();
     assert_eq!(a.read(f2, 0, 10).unwrap(), b"v2");
-    a.flush(f1).await.unwrap();
+    a.flush(f1, WWW.pid).await.unwrap();
     a.release(f1).await.unwrap();
     // A third open while f2 is still open validates against the store and sees v2.
     let f3 = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
@@ -397,7 +399,7 @@ async fn store_outage_is_eio_then_recovers_without_losing_the_write() {
     let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
     a.write(fh, 0, b"during").unwrap();
     s.set_down(true);
-    let e = a.flush(fh).await.unwrap_err();
+    let e = a.flush(fh, WWW.pid).await.unwrap_err();
     assert_eq!(e.errno, libc::EIO);
     assert!(e.message.contains("sess_o"), "{}", e.message);
     let e = a.lookup(ROOT_INO, b"sess_other", 9).await.unwrap_err();
@@ -542,7 +544,7 @@ async fn open_with_o_creat_of_a_name_deleted_elsewhere_creates_it() {
     let (a, b) = (mount(&s), mount(&s));
     php_request(&a, "sess_z", Some(b"x")).await;
     let ino = a.lookup(ROOT_INO, b"sess_z", 9).await.unwrap().ino;
-    b.unlink(ROOT_INO, b"sess_z").await.unwrap();
+    b.unlink(ROOT_INO, b"sess_z", WWW.pid).await.unwrap();
     let fh = a.open(ino, create_flags(), WWW).await.unwrap();
     assert_eq!(a.getattr_open(fh).unwrap().size, 0);
     a.release(fh).await.unwrap();
@@ -596,7 +598,7 @@ async fn an_exclusive_lock_on_one_server_excludes_the_other_until_close() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiting.is_finished(), "B waits while A holds");
     a.write(fa, 0, b"1").unwrap();
-    a.flush(fa).await.unwrap();
+    a.flush(fa, WWW.pid).await.unwrap();
     a.release(fa).await.unwrap();
     let granted = tokio::time::timeout(Duration::from_secs(2), waiting).await;
     assert!(matches!(granted, Ok(Ok(Ok(())))), "{granted:?}");
@@ -624,9 +626,9 @@ async fn a_write_under_a_lapsed_lease_is_refused() {
         .await
         .unwrap();
     b.write(fb, 0, b"fresh").unwrap();
-    b.flush(fb).await.unwrap();
+    b.flush(fb, WWW.pid).await.unwrap();
     b.release(fb).await.unwrap();
-    let e = a.flush(fa).await.unwrap_err();
+    let e = a.flush(fa, WWW.pid).await.unwrap_err();
     assert_eq!(e.errno, libc::EIO);
     assert!(e.message.contains("lock"), "{}", e.message);
     let _ = a.release(fa).await;
@@ -668,4 +670,197 @@ async fn ls_l_stats_a_listing_page_in_one_round_trip_and_local_writes_stay_visib
     php_request(&a, "sess_ls0", Some(b"1234567")).await;
     let attr = a.lookup(ROOT_INO, b"sess_ls0", 9).await.unwrap();
     assert_eq!(attr.size, 7);
+}
+
+fn mount_leases(store: &MemoryStore, leases: bool) -> Arc<Fs<MemoryStore>> {
+    Arc::new(Fs::new(
+        store.clone(),
+        FsConfig {
+            max_size: 1000,
+            cache_size: 1 << 20,
+            dir_mode: 0o1733,
+            dir_uid: 0,
+            dir_gid: 0,
+            lock_lease: Duration::from_millis(3000),
+            leases,
+            batch_touches: true,
+        },
+    ))
+}
+
+/// One PHP request as the files handler makes it, with its flock: open (creating), flock
+/// LOCK_EX, fstat, read, then either ftruncate(0)+pwrite of `data` or lazy_write's touch by
+/// path, close. Returns what it read.
+async fn locked_request(fs: &Arc<Fs<MemoryStore>>, id: &str, data: Option<&[u8]>) -> Vec<u8> {
+    let (ino, fh) = match fs.lookup(ROOT_INO, id.as_bytes(), WWW.pid).await {
+        Ok(a) => (a.ino, fs.open(a.ino, create_flags(), WWW).await.unwrap()),
+        Err(_) => {
+            let (a, fh) = fs
+                .create(ROOT_INO, id.as_bytes(), 0o600, create_flags(), WWW)
+                .await
+                .unwrap();
+            (a.ino, fh)
+        }
+    };
+    fs.setlk(fh, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    let size = fs.getattr_open(fh).unwrap().size;
+    let read = fs.read(fh, 0, size as u32).unwrap();
+    let set = match data {
+        Some(_) => SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        },
+        None => SetAttr {
+            atime: Some(SetTime::Now),
+            mtime: Some(SetTime::Now),
+            ..SetAttr::default()
+        },
+    };
+    let by = if data.is_some() { Some(fh) } else { None };
+    fs.setattr(ino, by, set, WWW).await.unwrap();
+    if let Some(d) = data {
+        fs.write(fh, 0, d).unwrap();
+    }
+    fs.flush(fh, WWW.pid).await.unwrap();
+    fs.release(fh).await.unwrap();
+    fs.forget(ino, 1);
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_requests_under_a_lease_cost_no_round_trip_but_the_write() {
+    let s = store();
+    let a = mount_leases(&s, true);
+    a.start().await.unwrap();
+    locked_request(&a, "sess_l", Some(b"v1")).await;
+    let before = s.round_trips();
+    assert_eq!(locked_request(&a, "sess_l", None).await, b"v1");
+    assert_eq!(
+        s.round_trips(),
+        before,
+        "an unchanged request under the lease"
+    );
+    assert_eq!(locked_request(&a, "sess_l", Some(b"v2")).await, b"v1");
+    assert_eq!(s.round_trips(), before + 1, "a change is its write alone");
+    assert_eq!(s.raw(&name("sess_l")).unwrap(), b"v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leases_off_every_request_asks_the_store() {
+    let s = store();
+    let a = mount_leases(&s, false);
+    a.start().await.unwrap();
+    locked_request(&a, "sess_o", Some(b"v1")).await;
+    let before = s.round_trips();
+    assert_eq!(locked_request(&a, "sess_o", None).await, b"v1");
+    assert!(s.round_trips() >= before + 3, "stat, lock, touch, release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_another_server_recalls_the_lease_first() {
+    let s = store();
+    let (a, b) = (mount_leases(&s, true), mount_leases(&s, true));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_r", Some(b"x")).await;
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        b.unlink(ROOT_INO, b"sess_r", WWW.pid),
+    )
+    .await
+    .expect("the holder gave the session up at once")
+    .unwrap();
+    let e = a
+        .lookup(ROOT_INO, b"sess_r", WWW.pid)
+        .await
+        .expect_err("the holder sees the delete");
+    assert_eq!(e.errno, libc::ENOENT);
+    assert!(a.counters.recalls.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlocked_write_on_another_server_is_read_by_the_lease_holder() {
+    let s = store();
+    let (a, b) = (mount_leases(&s, true), mount_leases(&s, true));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_w", Some(b"from a")).await;
+    let fb = open_existing(&b, "sess_w").await;
+    assert_eq!(b.read(fb, 0, 100).unwrap(), b"from a");
+    b.write(fb, 0, b"FROM B").unwrap();
+    tokio::time::timeout(Duration::from_secs(2), b.flush(fb, WWW.pid))
+        .await
+        .expect("the holder gave the session up at once")
+        .unwrap();
+    b.release(fb).await.unwrap();
+    assert_eq!(locked_request(&a, "sess_w", None).await, b"FROM B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_touch_under_the_lease_reaches_the_store_before_the_session_is_handed_over() {
+    let s = store();
+    let (a, b) = (mount_leases(&s, true), mount_leases(&s, true));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_t", Some(b"t")).await;
+    let n = name("sess_t");
+    let before = s.stat(&n).await.unwrap().unwrap().meta.mtime;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    locked_request(&a, "sess_t", None).await;
+    assert_eq!(
+        s.stat(&n).await.unwrap().unwrap().meta.mtime,
+        before,
+        "the touch waits under the lease"
+    );
+    let fb = open_existing(&b, "sess_t").await;
+    b.setlk(fb, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    assert!(
+        s.stat(&n).await.unwrap().unwrap().meta.mtime > before,
+        "sent before the lock changed hands"
+    );
+    b.release(fb).await.unwrap();
+}
+
+#[derive(Default)]
+struct KernelLog(Mutex<Vec<u64>>);
+
+impl KernelCache for KernelLog {
+    fn invalidate(&self, ino: u64) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(ino);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_caches_a_leased_file_until_another_server_takes_it() {
+    let s = store();
+    let (a, b) = (mount_leases(&s, true), mount_leases(&s, true));
+    let kernel = Arc::new(KernelLog::default());
+    a.set_kernel(kernel.clone());
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_k", Some(b"k")).await;
+    let attr = a.lookup(ROOT_INO, b"sess_k", WWW.pid).await.unwrap();
+    assert!(!attr.cache_for.is_zero(), "cached while leased");
+    assert!(attr.cache_for <= KERNEL_TTL);
+    assert!(kernel.0.lock().unwrap().is_empty());
+    let fb = open_existing(&b, "sess_k").await;
+    b.setlk(fb, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    assert_eq!(
+        *kernel.0.lock().unwrap(),
+        vec![attr.ino],
+        "invalidated before the lock changed hands"
+    );
+    let again = a.getattr(attr.ino, WWW.pid).await.unwrap();
+    assert!(
+        again.cache_for.is_zero(),
+        "not cached once the lease is gone"
+    );
+    b.release(fb).await.unwrap();
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::{
-    Acquired, Claim, Created, Event, Fence, Loaded, LockMode, Meta, RawStat, Record, Result, Stat,
-    Store, StoreError, StoreOptions, Written, fresh_token, now_nanos,
+    Acquired, Asker, Claim, Created, Event, Fence, Loaded, LockMode, Meta, RawStat, Record,
+    Removed, Result, Stat, Store, StoreError, StoreOptions, Written, fresh_token, now_nanos,
 };
 use crate::keys::SessionName;
 
@@ -30,6 +30,9 @@ struct LockRecord {
     holders: BTreeMap<String, (LockMode, i64, u64)>,
     /// owner -> (arrival, mode, deadline_ms)
     queued: BTreeMap<String, (u64, LockMode, i64)>,
+    /// Servers waiting to open the session while another one holds it under a lease:
+    /// owner -> (arrival, deadline_ms). They go before later lock claims, as shared ones.
+    openers: BTreeMap<String, (u64, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -76,11 +79,6 @@ impl MemoryStore {
     /// Makes every request fail as if Redis were unreachable, until called with false.
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::Relaxed);
-    }
-
-    /// Round trips served so far.
-    pub fn round_trips(&self) -> u64 {
-        self.shared.round_trips.load(Ordering::Relaxed)
     }
 
     /// What phpredis' `SETEX <key> <ttl> <data>` does: new content and TTL, metadata untouched.
@@ -197,6 +195,45 @@ impl MemoryStore {
             .remove(owner);
     }
 
+    /// The lease check of the Redis scripts' `recall`: None when no other server holds the
+    /// session exclusively; else asks the holders to let go, queues the asker as an opener, and
+    /// says how long until the soonest lease runs out.
+    fn recall(&self, name: &SessionName, asker: Asker<'_>, now: i64) -> Option<Duration> {
+        let mut locks = self.locks();
+        let rec = locks.get_mut(name)?;
+        let holders: Vec<(String, i64)> = rec
+            .holders
+            .iter()
+            .filter(|(who, h)| *who != asker.owner && h.0 == LockMode::Exclusive && h.1 >= now)
+            .map(|(who, h)| (who.clone(), h.1))
+            .collect();
+        let Some(until) = holders.iter().map(|h| h.1).min() else {
+            let wake: Vec<String> = if rec.openers.remove(asker.owner).is_some() {
+                rec.queued.keys().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            drop(locks);
+            for w in wake {
+                self.publish(&w, Event::Released(name.clone()));
+            }
+            return None;
+        };
+        let deadline = now + 2 * asker.lease.as_millis() as i64;
+        let arrival = rec
+            .openers
+            .get(asker.owner)
+            .map(|o| o.0)
+            .unwrap_or_else(|| self.shared.arrivals.fetch_add(1, Ordering::Relaxed));
+        rec.openers
+            .insert(asker.owner.to_string(), (arrival, deadline));
+        drop(locks);
+        for (h, _) in holders {
+            self.publish(&h, Event::Wanted(name.clone()));
+        }
+        Some(Duration::from_millis((until - now).max(0) as u64))
+    }
+
     fn incarnation_ok(e: &Entry, expect: Option<u64>) -> bool {
         let Some(expect) = expect else { return true };
         let stored = e
@@ -266,10 +303,16 @@ impl Store for MemoryStore {
         fence: Option<Fence<'_>>,
         data: &[u8],
         meta: &Meta,
+        asker: Asker<'_>,
     ) -> Result<Written> {
         let (now, mut entries) = self.begin()?;
         if self.fenced(name, fence, now) {
             return Ok(Written::Fenced);
+        }
+        if fence.is_none()
+            && let Some(after) = self.recall(name, asker, now)
+        {
+            return Ok(Written::Recalled(after));
         }
         let Some(e) = entries.get_mut(name) else {
             return Ok(Written::Gone);
@@ -301,10 +344,16 @@ impl Store for MemoryStore {
         expect: Option<u64>,
         fence: Option<Fence<'_>>,
         meta: &Meta,
+        asker: Asker<'_>,
     ) -> Result<Written> {
         let (now, mut entries) = self.begin()?;
         if self.fenced(name, fence, now) {
             return Ok(Written::Fenced);
+        }
+        if fence.is_none()
+            && let Some(after) = self.recall(name, asker, now)
+        {
+            return Ok(Written::Recalled(after));
         }
         let Some(e) = entries.get_mut(name) else {
             return Ok(Written::Gone);
@@ -331,9 +380,15 @@ impl Store for MemoryStore {
         Ok(Written::Done(self.stat_of(name, &e)?))
     }
 
-    async fn remove(&self, name: &SessionName) -> Result<bool> {
-        let (_, mut entries) = self.begin()?;
-        Ok(entries.remove(name).is_some())
+    async fn remove(&self, name: &SessionName, asker: Asker<'_>) -> Result<Removed> {
+        let (now, mut entries) = self.begin()?;
+        if let Some(after) = self.recall(name, asker, now) {
+            return Ok(Removed::Recalled(after));
+        }
+        Ok(match entries.remove(name) {
+            Some(_) => Removed::Removed,
+            None => Removed::Missing,
+        })
     }
 
     async fn list(&self, cursor: u64) -> Result<(u64, Vec<SessionName>)> {
@@ -358,6 +413,10 @@ impl Store for MemoryStore {
         self.begin().map(|_| ())
     }
 
+    fn round_trips(&self) -> u64 {
+        self.shared.round_trips.load(Ordering::Relaxed)
+    }
+
     async fn lock_acquire(
         &self,
         name: &SessionName,
@@ -371,6 +430,7 @@ impl Store for MemoryStore {
         let rec = locks.entry(name.clone()).or_default();
         rec.holders.retain(|_, h| h.1 >= now);
         rec.queued.retain(|_, q| q.2 >= now);
+        rec.openers.retain(|_, o| o.1 >= now);
         let excl = |m: LockMode| m == LockMode::Exclusive;
         let mut conflict = false;
         let mut until = None::<i64>;
@@ -390,6 +450,8 @@ impl Store for MemoryStore {
                 who != claim.owner
                     && mine.is_none_or(|m| arrival < m)
                     && (excl(claim.mode) || excl(mode))
+            }) || rec.openers.iter().any(|(who, &(arrival, _))| {
+                who != claim.owner && mine.is_none_or(|m| arrival < m) && excl(claim.mode)
             });
         }
         if conflict {
@@ -411,7 +473,7 @@ impl Store for MemoryStore {
             });
         }
         rec.queued.remove(claim.owner);
-        let contended = !rec.queued.is_empty();
+        let contended = !rec.queued.is_empty() || !rec.openers.is_empty();
         rec.holders.insert(
             claim.owner.to_string(),
             (claim.mode, now + lease, claim.token),
@@ -463,8 +525,13 @@ impl Store for MemoryStore {
             rec.holders.remove(owner);
         }
         rec.queued.remove(owner);
-        let wake: Vec<String> = rec.queued.keys().cloned().collect();
-        if rec.holders.is_empty() && rec.queued.is_empty() {
+        let wake: Vec<String> = rec
+            .queued
+            .keys()
+            .chain(rec.openers.keys())
+            .cloned()
+            .collect();
+        if rec.holders.is_empty() && rec.queued.is_empty() && rec.openers.is_empty() {
             locks.remove(name);
         }
         drop(locks);

@@ -12,6 +12,14 @@
 //! Writes by phpredis leave sessfs' metadata behind; such a session is "foreign" (detected
 //! because the data key's expiry no longer matches the one sessfs recorded) and is always sent
 //! whole, never validated from a cache.
+//!
+//! Leases: a server holding a session's cluster lock exclusively may serve it from memory
+//! without asking (fs, lock). Its writes reach the store at every flush, so another server may
+//! always read what the store has; but every operation that changes the session outside that
+//! lock (a write or touch without a fence, a delete) is refused with `Recalled` while such a
+//! lease stands: the store asks the holder to give the session up and queues the asker, who is
+//! sent `Event::Released` once it has. Check and change are one atomic step, so no lease can
+//! be taken between them.
 
 pub mod memory;
 pub mod redis;
@@ -87,6 +95,49 @@ pub enum Written {
     /// The write was made under a cluster lock this server no longer holds (its lease ran
     /// out): another server may have taken the lock and written since, so it is refused.
     Fenced,
+    /// Another server holds the session under a lease and was asked to let go: try again on
+    /// `Event::Released`, or after the duration (when its lease would run out).
+    Recalled(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Removed,
+    Missing,
+    /// As `Written::Recalled`.
+    Recalled(Duration),
+}
+
+/// The answers that may say another server's lease stands in the way.
+pub trait Recallable {
+    fn recalled(&self) -> Option<Duration>;
+}
+
+impl Recallable for Written {
+    fn recalled(&self) -> Option<Duration> {
+        match self {
+            Written::Recalled(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+impl Recallable for Removed {
+    fn recalled(&self) -> Option<Duration> {
+        match self {
+            Removed::Recalled(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+/// Who asks, for the operations that recall another server's lease: that server's name in the
+/// lock records (its own lease is no obstacle) and its lock lease, which bounds how long its
+/// place in the queue lasts if it never comes back.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    pub owner: &'a str,
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -202,6 +253,7 @@ pub trait Store: Send + Sync + 'static {
         fence: Option<Fence<'_>>,
         data: &[u8],
         meta: &Meta,
+        asker: Asker<'_>,
     ) -> impl Future<Output = Result<Written>> + Send;
 
     /// Replaces the metadata (times, mode, owner) and refreshes the TTL; content unchanged.
@@ -211,6 +263,7 @@ pub trait Store: Send + Sync + 'static {
         expect: Option<u64>,
         fence: Option<Fence<'_>>,
         meta: &Meta,
+        asker: Asker<'_>,
     ) -> impl Future<Output = Result<Written>> + Send;
 
     /// Takes (or converts) this server's claim on the session's lock, and checks the content
@@ -245,8 +298,12 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
     ) -> impl Future<Output = Result<tokio::sync::mpsc::UnboundedReceiver<Event>>> + Send;
 
-    /// Deletes the session; false if it did not exist.
-    fn remove(&self, name: &SessionName) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes the session.
+    fn remove(
+        &self,
+        name: &SessionName,
+        asker: Asker<'_>,
+    ) -> impl Future<Output = Result<Removed>> + Send;
 
     /// One page of the listing. Cursor 0 starts; a returned cursor of 0 means the end.
     /// A name may be listed twice (Redis SCAN's guarantee); each live session at least once.
@@ -254,6 +311,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers (at mount time).
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Round trips made so far (`sessfs status`, the benchmark).
+    fn round_trips(&self) -> u64;
 }
 
 /// A fresh random 64-bit token for versions and incarnations. Never 0, so 0 can mean "none" on

@@ -18,8 +18,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_stream::StreamExt;
 
 use super::{
-    Acquired, Claim, Created, Event, Fence, Loaded, LockMode, Meta, RawStat, Record, Result, Stat,
-    Store, StoreError, StoreOptions, Written, fresh_token, token_arg,
+    Acquired, Asker, Claim, Created, Event, Fence, Loaded, LockMode, Meta, RawStat, Record,
+    Removed, Result, Stat, Store, StoreError, StoreOptions, Written, fresh_token, token_arg,
 };
 use crate::keys::{Keys, SessionKeys, SessionName};
 
@@ -77,6 +77,50 @@ local function keep_until(deadline)
 end
 "#;
 
+/// Nil when no other server holds KEYS[3] exclusively (a lease: it may serve the session from
+/// memory). Otherwise asks each such holder to let go, queues `me` as an opener (`o:<me>` =
+/// arrival_us:s:deadline, so a release wakes it and no server takes the lock before it), and
+/// returns the ms until the soonest of those leases runs out. Once nothing stands in the way,
+/// the opener's place is dropped and the servers queued for the lock are woken.
+const RECALL_FN: &str = r#"
+local function recall(me, lease)
+  local flat = redis.call('HGETALL', KEYS[3])
+  if #flat == 0 then return nil end
+  local now, now_us = now_ms()
+  local until_ms = nil
+  local mine = nil
+  for i = 1, #flat, 2 do
+    local f, v = flat[i], flat[i + 1]
+    local kind, who = string.sub(f, 1, 2), string.sub(f, 3)
+    if kind == 'h:' and who ~= me then
+      local m, d = string.match(v, '^(%a):(%d+):')
+      d = tonumber(d)
+      if m == 'e' and d and d >= now then
+        if (not until_ms) or d < until_ms then until_ms = d end
+        redis.call('PUBLISH', 'sessfs:' .. who, 'w ' .. KEYS[1])
+      end
+    elseif kind == 'o:' and who == me then
+      mine = string.match(v, '^(%d+):')
+    end
+  end
+  if not until_ms then
+    if mine then
+      redis.call('HDEL', KEYS[3], 'o:' .. me)
+      for i = 1, #flat, 2 do
+        if string.sub(flat[i], 1, 2) == 'w:' then
+          redis.call('PUBLISH', 'sessfs:' .. string.sub(flat[i], 3), 'r ' .. KEYS[1])
+        end
+      end
+    end
+    return nil
+  end
+  local deadline = now + 2 * lease
+  redis.call('HSET', KEYS[3], 'o:' .. me, (mine or string.format('%.0f', now_us)) .. ':s:' .. deadline)
+  keep_until(deadline)
+  return until_ms - now
+end
+"#;
+
 const STAT: &str = r#"
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x == -2 then return false end
@@ -113,9 +157,14 @@ return {put_meta(ARGV[2], ARGV[3])}
 "#;
 
 /// ARGV: expected incarnation or '', version, incarnation if none yet, mode, uid, gid, mt, ct,
-/// ttl_ms, fence owner or '', fence token, data. Returns -1 when fenced.
+/// ttl_ms, fence owner or '', fence token, asker, asker's lease (ms), data. Returns -1 when
+/// fenced. A write under the writer's own lock needs no recall: nobody else holds one.
 const WRITE: &str = r#"
 if fenced(ARGV[10], ARGV[11]) then return -1 end
+if ARGV[10] == '' then
+  local r = recall(ARGV[12], tonumber(ARGV[13]))
+  if r then return {'recall', r} end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local i = redis.call('HGET', KEYS[2], 'i')
 if ARGV[1] ~= '' then
@@ -123,7 +172,7 @@ if ARGV[1] ~= '' then
 elseif not i then
   i = ARGV[3]
 end
-redis.call('SET', KEYS[1], ARGV[12], 'PX', ARGV[9])
+redis.call('SET', KEYS[1], ARGV[14], 'PX', ARGV[9])
 return put_meta(ARGV[2], i)
 "#;
 
@@ -131,6 +180,10 @@ return put_meta(ARGV[2], i)
 /// unknown (a foreign write), since no cache can hold that content under any version.
 const UPDATE_META: &str = r#"
 if fenced(ARGV[10], ARGV[11]) then return -1 end
+if ARGV[10] == '' then
+  local r = recall(ARGV[12], tonumber(ARGV[13]))
+  if r then return {'recall', r} end
+end
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x == -2 then return false end
 local m = redis.call('HMGET', KEYS[2], 'v', 'i', 'x', 'n')
@@ -180,14 +233,15 @@ for i = 1, #flat, 2 do
         if (not until_ms) or d < until_ms then until_ms = d end
       end
     end
-  elseif kind == 'w' then
+  elseif kind == 'w' or kind == 'o' then
+    -- 'o': a server waiting to open the session (see recall); it goes before later claims.
     local a, m, d = string.match(v, '^(%d+):(%a):(%d+)$')
     a = tonumber(a)
     d = tonumber(d)
     if (not d) or d < now then
       redis.call('HDEL', KEYS[3], f)
     elseif who == me then
-      mine_since = a
+      if kind == 'w' then mine_since = a end
     else
       table.insert(queued, {a, m})
     end
@@ -240,7 +294,7 @@ return 1
 "#;
 
 /// KEYS: data, meta, lock. ARGV: owner, token. Drops the claim if it is still that token's, and
-/// the owner's place in the queue, then wakes every queued server.
+/// the owner's place in the queue, then wakes every queued server and waiting opener.
 const LOCK_RELEASE: &str = r#"
 local f = 'h:' .. ARGV[1]
 local v = redis.call('HGET', KEYS[3], f)
@@ -249,7 +303,8 @@ redis.call('HDEL', KEYS[3], 'w:' .. ARGV[1])
 local flat = redis.call('HGETALL', KEYS[3])
 if #flat == 0 then return 1 end
 for i = 1, #flat, 2 do
-  if string.sub(flat[i], 1, 2) == 'w:' then
+  local kind = string.sub(flat[i], 1, 2)
+  if kind == 'w:' or kind == 'o:' then
     redis.call('PUBLISH', 'sessfs:' .. string.sub(flat[i], 3), 'r ' .. KEYS[1])
   end
 end
@@ -278,7 +333,10 @@ end
 return out
 "#;
 
+/// ARGV: asker, asker's lease (ms). Returns the number of data keys deleted, or a recall.
 const REMOVE: &str = r#"
+local r = recall(ARGV[1], tonumber(ARGV[2]))
+if r then return {'recall', r} end
 local n = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 return n
@@ -299,7 +357,7 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Scripts {
-        let lib = format!("{NOW_FN}{STAT_FN}{LOAD_FN}{PUT_META_FN}{FENCE_FN}{KEEP_FN}");
+        let lib = format!("{NOW_FN}{STAT_FN}{LOAD_FN}{PUT_META_FN}{FENCE_FN}{KEEP_FN}{RECALL_FN}");
         let with_lib = |body: &str| Script::new(&format!("{lib}{body}"));
         Scripts {
             stat: with_lib(STAT),
@@ -307,7 +365,7 @@ impl Scripts {
             create: with_lib(CREATE),
             write: with_lib(WRITE),
             update_meta: with_lib(UPDATE_META),
-            remove: Script::new(REMOVE),
+            remove: with_lib(REMOVE),
             stat_many: Script::new(STAT_MANY),
             lock_acquire: with_lib(LOCK_ACQUIRE),
             lock_renew: with_lib(LOCK_RENEW),
@@ -333,6 +391,7 @@ pub struct RedisStore {
     scripts: Scripts,
     scan_pattern: String,
     scan_count: usize,
+    round_trips: std::sync::atomic::AtomicU64,
 }
 
 /// Sorts a Redis error into the store's kinds, naming the key where the data is at fault.
@@ -438,6 +497,17 @@ fn as_bytes(v: Value) -> Option<Option<Vec<u8>>> {
     }
 }
 
+/// The `recall` function's answer, {'recall', ms}: another server's lease stands in the way.
+fn recall_in(v: &Value) -> Option<Duration> {
+    let Value::Array(items) = v else { return None };
+    match items.as_slice() {
+        [Value::BulkString(tag), ms] if tag.as_slice() == b"recall" => {
+            Some(Duration::from_millis(as_int(ms)?.max(0) as u64))
+        }
+        _ => None,
+    }
+}
+
 fn raw_stat(v: Value, key: &str) -> Result<RawStat> {
     let Value::Array(items) = v else {
         return Err(corrupt(key, format!("unexpected script reply {v:?}")));
@@ -486,6 +556,7 @@ impl RedisStore {
             scripts: Scripts::new(),
             scan_pattern,
             scan_count: settings.scan_count,
+            round_trips: Default::default(),
         })
     }
 
@@ -508,10 +579,16 @@ impl RedisStore {
         for a in args {
             inv.arg(*a);
         }
+        self.count();
         let mut con = self.con.clone();
         inv.invoke_async(&mut con)
             .await
             .map_err(|e| classify(e, &k.data))
+    }
+
+    fn count(&self) {
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn meta_args(&self, meta: &Meta) -> [String; 6] {
@@ -559,6 +636,8 @@ impl RedisStore {
         }
     }
 
+    // The arguments are the WRITE/UPDATE_META scripts' ARGV, one for one.
+    #[allow(clippy::too_many_arguments)]
     async fn put_meta(
         &self,
         script: &Script,
@@ -567,6 +646,7 @@ impl RedisStore {
         fence: Option<Fence<'_>>,
         meta: &Meta,
         data: Option<&[u8]>,
+        asker: Asker<'_>,
     ) -> Result<Written> {
         let k = self.keys_of(name);
         let [mode, uid, gid, mt, ct, ttl] = self.meta_args(meta);
@@ -587,10 +667,17 @@ impl RedisStore {
         let fence_token = fence.map(|f| token_arg(Some(f.token))).unwrap_or_default();
         args.push(fence.map_or(&b""[..], |f| f.owner.as_bytes()));
         args.push(fence_token.as_bytes());
+        let lease = lease_ms(asker.lease);
+        args.push(asker.owner.as_bytes());
+        args.push(lease.as_bytes());
         if let Some(d) = data {
             args.push(d);
         }
-        match self.run(script, &k, &args).await? {
+        let reply = self.run(script, &k, &args).await?;
+        if let Some(after) = recall_in(&reply) {
+            return Ok(Written::Recalled(after));
+        }
+        match reply {
             Value::Nil => Ok(Written::Gone),
             Value::Int(-1) => Ok(Written::Fenced),
             v => Ok(Written::Done(self.stat_of(v, &k.data)?)),
@@ -617,6 +704,7 @@ impl Store for RedisStore {
             inv.key(&k.data);
             inv.key(&k.meta);
         }
+        self.count();
         let mut con = self.con.clone();
         let reply: Value = inv
             .invoke_async(&mut con)
@@ -680,9 +768,18 @@ impl Store for RedisStore {
         fence: Option<Fence<'_>>,
         data: &[u8],
         meta: &Meta,
+        asker: Asker<'_>,
     ) -> Result<Written> {
-        self.put_meta(&self.scripts.write, name, expect, fence, meta, Some(data))
-            .await
+        self.put_meta(
+            &self.scripts.write,
+            name,
+            expect,
+            fence,
+            meta,
+            Some(data),
+            asker,
+        )
+        .await
     }
 
     async fn update_meta(
@@ -691,9 +788,18 @@ impl Store for RedisStore {
         expect: Option<u64>,
         fence: Option<Fence<'_>>,
         meta: &Meta,
+        asker: Asker<'_>,
     ) -> Result<Written> {
-        self.put_meta(&self.scripts.update_meta, name, expect, fence, meta, None)
-            .await
+        self.put_meta(
+            &self.scripts.update_meta,
+            name,
+            expect,
+            fence,
+            meta,
+            None,
+            asker,
+        )
+        .await
     }
 
     async fn lock_acquire(
@@ -709,7 +815,7 @@ impl Store for RedisStore {
             LockMode::Exclusive => b"e",
             LockMode::Shared => b"s",
         };
-        let lease = claim.lease.as_millis().max(1).to_string();
+        let lease = lease_ms(claim.lease);
         let known = token_arg(known);
         let queue: &[u8] = if queue { b"1" } else { b"" };
         let args: [&[u8]; 6] = [
@@ -746,7 +852,7 @@ impl Store for RedisStore {
     async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<bool> {
         let k = self.keys_of(name);
         let token = token_arg(Some(claim.token));
-        let lease = claim.lease.as_millis().max(1).to_string();
+        let lease = lease_ms(claim.lease);
         let args: [&[u8]; 3] = [claim.owner.as_bytes(), token.as_bytes(), lease.as_bytes()];
         match self.run(&self.scripts.lock_renew, &k, &args).await? {
             Value::Int(n) => Ok(n == 1),
@@ -784,15 +890,23 @@ impl Store for RedisStore {
         Ok(rx)
     }
 
-    async fn remove(&self, name: &SessionName) -> Result<bool> {
+    async fn remove(&self, name: &SessionName, asker: Asker<'_>) -> Result<Removed> {
         let k = self.keys_of(name);
-        match self.run(&self.scripts.remove, &k, &[]).await? {
-            Value::Int(n) => Ok(n > 0),
+        let lease = lease_ms(asker.lease);
+        let args: [&[u8]; 2] = [asker.owner.as_bytes(), lease.as_bytes()];
+        let reply = self.run(&self.scripts.remove, &k, &args).await?;
+        if let Some(after) = recall_in(&reply) {
+            return Ok(Removed::Recalled(after));
+        }
+        match reply {
+            Value::Int(n) if n > 0 => Ok(Removed::Removed),
+            Value::Int(_) => Ok(Removed::Missing),
             v => Err(corrupt(&k.data, format!("unexpected remove reply {v:?}"))),
         }
     }
 
     async fn list(&self, cursor: u64) -> Result<(u64, Vec<SessionName>)> {
+        self.count();
         let mut con = self.con.clone();
         let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
@@ -811,6 +925,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<()> {
+        self.count();
         let mut con = self.con.clone();
         let _: String = redis::cmd("PING")
             .query_async(&mut con)
@@ -818,4 +933,12 @@ impl Store for RedisStore {
             .map_err(|e| classify(e, ""))?;
         Ok(())
     }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn lease_ms(lease: Duration) -> String {
+    lease.as_millis().max(1).to_string()
 }
