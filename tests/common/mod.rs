@@ -165,6 +165,14 @@ impl Mount {
         std::fs::create_dir(&dir).expect("mount point");
         let log = tmp.path().join("sessfs.log");
         let mut o = format!("log=debug,log_file={}", log.display());
+        // scripts/test runs the acceptance tests again with SESSFS_TEST_OPTS=leases=off; a
+        // test's own options come after, so they win.
+        if let Ok(extra) = std::env::var("SESSFS_TEST_OPTS")
+            && !extra.is_empty()
+        {
+            o.push(',');
+            o.push_str(&extra);
+        }
         if !opts.is_empty() {
             o.push(',');
             o.push_str(opts);
@@ -244,6 +252,33 @@ impl Mount {
 
     pub fn is_mounted(&self) -> bool {
         is_mounted(&self.dir)
+    }
+
+    /// The daemon's `.sessfs-status` text (root only).
+    pub fn status(&self) -> String {
+        std::fs::read_to_string(self.path(".sessfs-status")).expect("read .sessfs-status")
+    }
+
+    /// One counter of the status's `counters` line.
+    pub fn counter(&self, key: &str) -> u64 {
+        let status = self.status();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("counters "))
+            .and_then(|l| {
+                l.split(' ')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {key} in status:\n{status}"))
+    }
+
+    /// Waits until this server holds no session's lease (they go unused after a third of
+    /// lock_lease), so that what a test then changes in Redis directly is seen.
+    pub fn wait_no_leases(&self, limit: Duration) {
+        wait_until("leases to be given up", limit, || {
+            self.status().lines().any(|l| l.starts_with("leases 0 "))
+        });
     }
 }
 
