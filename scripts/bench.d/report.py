@@ -356,7 +356,9 @@ def main():
               f"{meta.get('runs')} run(s), medians shown; stores interleaved round-robin within "
               f"each run; {'PHP pinned to CPU 0 (single-process workloads)' if meta.get('pin') == '1' else 'PHP not pinned'}; "
               + (f"**latency mode: every store reaches Redis/memcached through "
-                 f"sessfs-latency-proxy adding {lat} µs each way ({2 * lat} µs per round trip)**."
+                 f"sessfs-latency-proxy adding {lat} µs each way ({2 * lat} µs per round trip, "
+                 f"and one more round trip before the first bytes of a new connection, as its "
+                 f"TCP handshake would cost)**."
                  if lat else "no added latency (loopback)."))
     md.append("")
     md.append("Every number below comes from this one run: ratios are computed per run against "

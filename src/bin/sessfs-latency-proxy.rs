@@ -17,6 +17,13 @@
 //! forwarding itself. `--delay-us 0` takes the same path without the wait, so comparing it
 //! with a direct connection measures what the proxy itself adds.
 //!
+//! A new connection costs a round trip on a real network before the client can send anything
+//! (the TCP handshake), but on loopback `connect()` returns at once. So the bytes a client
+//! sends on a new connection are not delivered before three one-way delays after the proxy
+//! accepted it (SYN, SYN-ACK, then the first data), unless `--no-handshake-delay` is given.
+//! Clients that connect for every request (phpredis and php-memcached by default) pay that
+//! round trip in a datacenter too; without it they would look faster here than there.
+//!
 //! It refuses to listen on, or connect to, anything but a loopback address: it is a test tool
 //! for this machine and must never become a relay.
 
@@ -57,6 +64,9 @@ struct Args {
     /// Delay added to each chunk in each direction, in microseconds (a round trip gains twice).
     #[arg(long, default_value_t = 0)]
     delay_us: u64,
+    /// Do not charge a new connection the handshake's round trip (see above).
+    #[arg(long)]
+    no_handshake_delay: bool,
 }
 
 /// Resolves `addr` and insists that every address it names is a loopback one.
@@ -94,6 +104,11 @@ async fn run(args: Args) -> Result<(), String> {
     let listen = loopback("listen", &args.listen).await?;
     let upstream = loopback("upstream", &args.upstream).await?;
     let delay = Duration::from_micros(args.delay_us);
+    let handshake = if args.no_handshake_delay {
+        Duration::ZERO
+    } else {
+        delay * 3
+    };
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -102,8 +117,10 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     // The one line a script waits for before it starts using the proxy.
     println!(
-        "listening on {bound}, forwarding to {upstream}, delay {} us each way",
-        args.delay_us
+        "listening on {bound}, forwarding to {upstream}, delay {} us each way, \
+         a new connection's first bytes after {} us",
+        args.delay_us,
+        handshake.as_micros()
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -112,8 +129,9 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
+                    let first = Instant::now() + handshake;
                     tokio::spawn(async move {
-                        match serve(client, upstream, delay).await {
+                        match serve(client, upstream, delay, first).await {
                             Ok(()) => {}
                             // A peer that closes first is how connections normally end.
                             Err(e) if is_hang_up(&e) => {}
@@ -140,15 +158,21 @@ fn is_hang_up(e: &io::Error) -> bool {
     )
 }
 
-/// Joins one client to a new upstream connection until either side closes.
-async fn serve(client: TcpStream, upstream: SocketAddr, delay: Duration) -> io::Result<()> {
+/// Joins one client to a new upstream connection until either side closes. Nothing the client
+/// sends is delivered before `first` (the end of the emulated handshake).
+async fn serve(
+    client: TcpStream,
+    upstream: SocketAddr,
+    delay: Duration,
+    first: Instant,
+) -> io::Result<()> {
     let server = TcpStream::connect(upstream).await?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
-    let up = tokio::spawn(pipe(client_r, server_w, delay));
-    let down = tokio::spawn(pipe(server_r, client_w, delay));
+    let up = tokio::spawn(pipe(client_r, server_w, delay, first));
+    let down = tokio::spawn(pipe(server_r, client_w, delay, Instant::now()));
     let (up, down) = tokio::join!(up, down);
     up.map_err(io::Error::other)??;
     down.map_err(io::Error::other)??;
@@ -156,7 +180,13 @@ async fn serve(client: TcpStream, upstream: SocketAddr, delay: Duration) -> io::
 }
 
 /// One direction: a reader that stamps and queues chunks, a writer that sends them when due.
-async fn pipe(mut from: OwnedReadHalf, to: OwnedWriteHalf, delay: Duration) -> io::Result<()> {
+/// No chunk is due before `not_before`; deadlines still never go backwards.
+async fn pipe(
+    mut from: OwnedReadHalf,
+    to: OwnedWriteHalf,
+    delay: Duration,
+    not_before: Instant,
+) -> io::Result<()> {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUE_CHUNKS);
     let writer = tokio::spawn(deliver(rx, to, delay));
     let mut read_result = Ok(());
@@ -166,7 +196,8 @@ async fn pipe(mut from: OwnedReadHalf, to: OwnedWriteHalf, delay: Duration) -> i
             Ok(0) => break,
             Ok(n) => {
                 buf.truncate(n);
-                if tx.send((Instant::now() + delay, buf)).await.is_err() {
+                let due = (Instant::now() + delay).max(not_before);
+                if tx.send((due, buf)).await.is_err() {
                     // The writer is gone (its peer closed): nothing more can be delivered.
                     break;
                 }
@@ -188,6 +219,7 @@ async fn deliver(
     mut to: OwnedWriteHalf,
     delay: Duration,
 ) -> io::Result<()> {
+    // A zero delay never sets a deadline in the future (the handshake is three delays).
     let timer = if delay.is_zero() {
         None
     } else {
