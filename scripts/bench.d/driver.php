@@ -2,13 +2,15 @@
 // Runs N copies of a worker command at once and reports them as one JSON line.
 //
 //   php driver.php --procs N [--stats redis:HOST:PORT|memcached:HOST:PORT|none]
-//                  [--rss-pids PID,PID] [--final] -- WORKER COMMAND...
+//                  [--rss-pids PID,PID] [--sessfs-status DIR,DIR] [--final] -- WORKER COMMAND...
 //
 // Each worker gets "--worker=K --lat-file=FILE" appended. The driver waits until every worker
 // has printed READY (their untimed preparation is done), reads the store's counters, sends GO
-// to all of them, waits for their results, reads the counters again, and merges the
-// per-request latencies of all workers for p50/p99. With --final it then runs the worker
-// command once more with --mode=final to read the session counter.
+// to all of them, waits until every worker has printed DONE (its timed loop is over), reads the
+// counters again, sends FIN (the workers then read their final counter, untimed and uncounted)
+// and collects their results; it merges the per-request latencies of all workers for p50/p99.
+// With --final it then runs the worker command once more with --mode=final to read the
+// session counter.
 //
 // Store counters:
 //   redis      "INFO stats commandstats". cmds = sum of calls over all commands except INFO,
@@ -17,6 +19,13 @@
 //              that arrives, plus one per connection that closes) - the INFO itself.
 //   memcached  "stats": cmd_get + cmd_set + cmd_touch + cmd_flush + delete/incr/decr hits and
 //              misses (each is one request of the text or binary protocol).
+//   sessfs     with --sessfs-status, the line "counters fuse_requests=N store_round_trips=N
+//              opens=N recalls=N" of each mountpoint's .sessfs-status (cumulative per mount,
+//              summed over the mounts given). Reading that file is itself a few FUSE
+//              requests: it is read twice back to back before GO, and that difference (one
+//              read's cost) is taken off the workload's. A binary without the line, or a
+//              status file that cannot be read, gives "sessfs_counters": null with the reason
+//              in "sessfs_counters_why": never a failure.
 
 $args = $argv;
 array_shift($args);
@@ -31,6 +40,7 @@ $procs = 1;
 $stats = 'none';
 $rssPids = [];
 $wantFinal = false;
+$statusDirs = [];
 for ($k = 0; $k < count($mine); $k++) {
     switch ($mine[$k]) {
         case '--procs':
@@ -41,6 +51,9 @@ for ($k = 0; $k < count($mine); $k++) {
             break;
         case '--rss-pids':
             $rssPids = array_values(array_filter(explode(',', $mine[++$k])));
+            break;
+        case '--sessfs-status':
+            $statusDirs = array_values(array_filter(explode(',', $mine[++$k])));
             break;
         case '--final':
             $wantFinal = true;
@@ -98,8 +111,10 @@ function counters(string $stats): ?array
                 $c['conns'] = (int)$m[1];
             }
         }
-        // This INFO's own read is counted before the reply is built: leave it out.
-        $c['rt'] = $c['reads'] - $c['conns'] - 1;
+        // Every INFO's own read is counted before its reply is built, so the difference of two
+        // readings holds exactly one INFO (the second): the caller takes it off.
+        $c['rt'] = $c['reads'] - $c['conns'];
+        $c['own_rt'] = 1;
         return $c;
     }
     if ($kind === 'memcached') {
@@ -117,10 +132,53 @@ function counters(string $stats): ?array
                 $sum += (int)$p[2];
             }
         }
-        return ['cmds' => $sum, 'rt' => $sum];
+        return ['cmds' => $sum, 'rt' => $sum, 'own_rt' => 0];
     }
     fail("stats: unknown kind $kind");
     return null;
+}
+
+const SESSFS_COUNTERS = ['fuse_requests', 'store_round_trips', 'opens', 'recalls'];
+
+// The sum over $dirs of their "counters ..." lines, or a string saying why there is none.
+function sessfsCounters(array $dirs)
+{
+    $sum = array_fill_keys(SESSFS_COUNTERS, 0);
+    foreach ($dirs as $dir) {
+        // file_get_contents, not fopen + checks: a close() error must not lose the text read.
+        $text = @file_get_contents("$dir/.sessfs-status");
+        if ($text === false) {
+            $e = error_get_last();
+            return "cannot read $dir/.sessfs-status" . ($e ? ': ' . $e['message'] : '');
+        }
+        if (!preg_match('/^counters((?: +[a-z_]+=\d+)+) *$/m', $text, $m)) {
+            return 'no "counters" line in .sessfs-status (this sessfs does not report them)';
+        }
+        preg_match_all('/([a-z_]+)=(\d+)/', $m[1], $pairs, PREG_SET_ORDER);
+        $got = [];
+        foreach ($pairs as [, $k, $v]) {
+            $got[$k] = (int)$v;
+        }
+        foreach (SESSFS_COUNTERS as $k) {
+            if (!array_key_exists($k, $got)) {
+                return "the counters line of $dir/.sessfs-status has no $k";
+            }
+            $sum[$k] += $got[$k];
+        }
+    }
+    return $sum;
+}
+
+function counterDelta($a, $b): ?array
+{
+    if (!is_array($a) || !is_array($b)) {
+        return null;
+    }
+    $d = [];
+    foreach (SESSFS_COUNTERS as $k) {
+        $d[$k] = $b[$k] - $a[$k];
+    }
+    return $d;
 }
 
 function rss(array $pids): ?array
@@ -155,15 +213,38 @@ foreach ($workers as $w => $wk) {
         fail("worker $w did not get ready: " . trim((string)$line . stream_get_contents($wk['out'])));
     }
 }
+$statusCal = $statusBefore = null;
+if ($statusDirs) {
+    $s0 = sessfsCounters($statusDirs);
+    $statusBefore = sessfsCounters($statusDirs);
+    $statusCal = counterDelta($s0, $statusBefore);  // what one reading of the files costs
+}
 $before = counters($stats);
 $t0 = hrtime(true);
 foreach ($workers as $wk) {
     fwrite($wk['in'], "GO\n");
     fflush($wk['in']);
 }
+// Barrier: every timed loop over. Whatever a worker printed instead of DONE is its error.
+$early = [];
+foreach ($workers as $w => $wk) {
+    $line = fgets($wk['out']);
+    if ($line === false || trim($line) !== 'DONE') {
+        $early[$w] = (string)$line;
+    }
+}
+$wall = (hrtime(true) - $t0) / 1e9;
+$after = counters($stats);
+$statusAfter = $statusDirs ? sessfsCounters($statusDirs) : null;
+foreach ($workers as $w => $wk) {
+    if (!isset($early[$w])) {
+        @fwrite($wk['in'], "FIN\n");
+        @fflush($wk['in']);
+    }
+}
 $results = [];
 foreach ($workers as $w => $wk) {
-    $text = stream_get_contents($wk['out']);
+    $text = ($early[$w] ?? '') . stream_get_contents($wk['out']);
     fclose($wk['in']);
     fclose($wk['out']);
     proc_close($wk['proc']);
@@ -178,8 +259,6 @@ foreach ($workers as $w => $wk) {
     }
     $results[$w] = $r;
 }
-$wall = (hrtime(true) - $t0) / 1e9;
-$after = counters($stats);
 
 $lat = [];
 foreach ($results as $w => $r) {
@@ -232,7 +311,28 @@ if ($procs === 1 && array_key_exists('final', $results[0])) {
 }
 if ($before !== null && $after !== null && $count > 0) {
     $out['cmds_per_req'] = ($after['cmds'] - $before['cmds']) / $count;
-    $out['rt_per_req'] = ($after['rt'] - $before['rt']) / $count;
+    $out['rt_per_req'] = ($after['rt'] - $before['rt'] - $after['own_rt']) / $count;
+}
+if ($statusDirs) {
+    $why = null;
+    foreach ([$s0, $statusBefore, $statusAfter] as $c) {
+        if (is_string($c)) {
+            $why = $c;
+            break;
+        }
+    }
+    if ($why === null && $count > 0) {
+        $d = counterDelta($statusBefore, $statusAfter);
+        $out['sessfs_counters'] = [];
+        foreach (SESSFS_COUNTERS as $k) {
+            $out['sessfs_counters'][$k] = $d[$k] - $statusCal[$k];
+            $out['sessfs_counters'][$k . '_per_req'] = ($d[$k] - $statusCal[$k]) / $count;
+        }
+        $out['sessfs_counters']['status_read_cost'] = $statusCal;
+    } else {
+        $out['sessfs_counters'] = null;
+        $out['sessfs_counters_why'] = $why ?? 'no requests done';
+    }
 }
 $out['rss_kb'] = rss($rssPids);
 

@@ -116,12 +116,35 @@ class Bench:
               if r in theirs and theirs[r].get("rate")]
         return med(rs)
 
+    def counted(self, wl, store):
+        """True when the driver read sessfs' status counters for this store (a sessfs mount)."""
+        return any("sessfs_counters" in v for v in self.runs(wl, store).values())
+
+    def counter(self, wl, store, key):
+        """Median over runs of a sessfs status counter per PHP request (None: not reported)."""
+        return med([(v.get("sessfs_counters") or {}).get(key + "_per_req")
+                    for v in self.runs(wl, store).values()])
+
+    def counter_why(self, wl, store):
+        for v in self.runs(wl, store).values():
+            if v.get("sessfs_counters_why"):
+                return v["sessfs_counters_why"]
+        return None
+
     def lost(self, wl, store):
         out = []
         for r, v in sorted(self.runs(wl, store).items()):
             f = v.get("final")
             out.append(None if f is None else SAME_TOTAL - f)
         return out
+
+
+def counter_cell(b, wl, store, key):
+    """A sessfs counter per PHP request: "—" for a store that is not sessfs, "n/a" when this
+    sessfs does not report the counters (no "counters" line in .sessfs-status)."""
+    if not b.counted(wl, store):
+        return "—"
+    return fmt(b.counter(wl, store, key), 2, "n/a")
 
 
 def rss_cell(rss):
@@ -161,6 +184,7 @@ def results_tables(b):
     for wl in b.workloads:
         out.append(f"### {WORKLOADS[wl]}\n")
         head = ["store", "req/s", "p50 µs", "p99 µs", "round trips/req", "Redis cmds/req",
+                "FUSE requests per PHP request", "store round trips per PHP request (sessfs)",
                 "daemon RSS", "× phpredis locking", "× tmpfs"]
         if wl == "same":
             head += ["final counter", f"lost updates ({SAME_TOTAL} − final), per run",
@@ -186,6 +210,8 @@ def results_tables(b):
                 fmt(b.metric(wl, s, "p99_us")),
                 fmt(rt, 2),
                 fmt(cmds, 2),
+                counter_cell(b, wl, s, "fuse_requests"),
+                counter_cell(b, wl, s, "store_round_trips"),
                 rss_cell(b.rss(wl, s)),
                 ratio_cell(b.ratio(wl, s, "redis-lock")),
                 ratio_cell(b.ratio(wl, s, "tmpfs")),
@@ -213,6 +239,73 @@ def results_tables(b):
     return out
 
 
+def counters_table(b):
+    """sessfs' own counters (the "counters" line of .sessfs-status), per PHP request."""
+    rows = [(wl, s) for s in b.stores for wl in b.workloads if b.counted(wl, s)]
+    rows += [(wl, s) for s in ("ovh-sessfs-direct", "ovh-sessfs-p0") for wl in ("one",)
+             if b.counted(wl, s)]
+    if not rows:
+        return []
+    out = ["| sessfs | workload | FUSE requests per PHP request | store round trips per PHP "
+           "request (sessfs) | round trips per PHP request (Redis INFO) | opens per PHP request |"
+           " recalls per PHP request | reading .sessfs-status cost (FUSE requests) |",
+           "|---|---|---|---|---|---|---|---|"]
+    whys = []
+    for wl, s in rows:
+        cost = med([((v.get("sessfs_counters") or {}).get("status_read_cost") or {})
+                    .get("fuse_requests") for v in b.runs(wl, s).values()])
+        why = b.counter_why(wl, s)
+        if why and why not in whys:
+            whys.append(why)
+        out.append(f"| {b.labels.get(s, s)} | {SHORT[wl]} | "
+                   + " | ".join(fmt(b.counter(wl, s, k), 2, "n/a") for k in
+                                ("fuse_requests", "store_round_trips"))
+                   + f" | {fmt(b.metric(wl, s, 'rt_per_req'), 2)} | "
+                   + " | ".join(fmt(b.counter(wl, s, k), 2, "n/a") for k in ("opens", "recalls"))
+                   + f" | {fmt(cost, 0, 'n/a')} |")
+    out.append("")
+    out.append("Read from the line `counters fuse_requests=N store_round_trips=N opens=N "
+               "recalls=N` of `<mountpoint>/.sessfs-status` (what `sessfs status` prints) "
+               "just before and just after each workload, summed over the mounts the store "
+               "uses; the cost of reading the file itself (measured by reading it twice back "
+               "to back before the workload) is taken off. The Redis INFO column is the same "
+               "run's count on the server side, for comparison.")
+    for why in whys:
+        out.append(f"\n**n/a**: {why}.")
+    out.append("")
+    return out
+
+
+def readme_columns():
+    return ["### How to read the columns", "",
+           "- **req/s**: requests per second; for the eight-process workloads, the sum of the "
+           "eight processes' rates. **p50/p99**: per-request latency (hrtime around "
+           "session_id + session_start + session_write_close), over all processes.",
+           "- **round trips/req**: Redis `INFO stats` total_reads_processed − "
+           "total_connections_received (read events on client sockets, less one per "
+           "connection that closed), per PHP request; for memcached, the `stats` command "
+           "counters. This counts a Lua script (EVALSHA) or a pipeline as one.",
+           "- **Redis cmds/req**: the sum of `INFO commandstats` calls (INFO itself left out), "
+           "per PHP request. Redis counts every command a Lua script runs, so for a store that "
+           "works through scripts (sessfs) this is far above its round trips.",
+           "- **daemon RSS**: VmRSS of the FUSE daemon(s) after the workload (sessfs found with "
+           "`pgrep -f` of its mountpoint; JuiceFS likewise), one figure per process.",
+           "- **× phpredis locking / × tmpfs**: this store's req/s divided by that store's, "
+           "within each run; median over runs.",
+           "- **lost updates**: 2400 − the counter read back after 8 processes × 300 "
+           "increments of one session (read through the first mount; a second figure appears "
+           "if the mounts disagree). If fewer than 2400 requests were done before the time "
+           "limit, \"requests done\" shows it.",
+           "- **problems**: PHP warnings (a failed write only warns), session_start() failures "
+           "and sessions found empty (PHP drops a session it cannot decode: the user is logged "
+           "out).",
+           "- **FUSE requests per PHP request** and **store round trips per PHP request "
+           "(sessfs)**: sessfs' own counters, read from `.sessfs-status` before and after the "
+           "workload (section below); **n/a** when this sessfs build does not report them, "
+           "— for a store that is not sessfs. Round trips for every store, sessfs included, "
+           "also come from the server's own counters (the round trips/req column).", ""]
+
+
 def check(ok):
     return "✓" if ok else "✗"
 
@@ -222,7 +315,8 @@ def targets_table(b):
             ("≥1× phpredis no-locking", "redis-nolock", 1.0, None),
             ("≥10× JuiceFS", "juicefs2", 10.0, None),
             ("≥0.1× tmpfs", "tmpfs", 0.1, {"one"}),
-            ("lost updates 0", None, None, {"same"})]
+            ("lost updates 0", None, None, {"same"}),
+            ("8 × 1 session done before phpredis locking", "elapsed", None, {"same"})]
     out = ["| sessfs | workload | " + " | ".join(c[0] for c in cols) + " |",
            "|---|---|" + "---|" * len(cols)]
     for s in SESSFS:
@@ -241,6 +335,16 @@ def targets_table(b):
                     lost = [x for x in b.lost(wl, s) if x is not None]
                     cells.append("—" if not lost else
                                  f"{max(lost)} {check(max(lost) == 0)}")
+                    continue
+                if ref == "elapsed":
+                    mine, theirs = b.metric(wl, s, "wall"), b.metric(wl, "redis-lock", "wall")
+                    done = b.metric(wl, s, "count")
+                    if "redis-lock" not in b.stores or mine is None or theirs is None:
+                        cells.append("not run (redis-lock)")
+                    elif done is not None and done < SAME_TOTAL:
+                        cells.append(f"only {done:,.0f} of {SAME_TOTAL} done in {mine:.2f} s ✗")
+                    else:
+                        cells.append(f"{mine:.2f} s vs {theirs:.2f} s {check(mine < theirs)}")
                     continue
                 if ref not in b.stores:
                     cells.append(f"not run ({ref})")
@@ -271,8 +375,10 @@ def overhead_table(b):
 def scale_table(scale):
     out = ["| sessions | keys in db | `ls -l` wall s | `ls -l \\| wc -l` | session_gc() s (deleted) |"
            " sessfs RSS before → after ls → after gc | workload 1 alone: req/s, p50/p99 µs |"
-           " workload 1 during `ls -l`: req/s, p50/p99 µs (listings started) |",
-           "|---|---|---|---|---|---|---|---|"]
+           " workload 1 during `ls -l`: req/s, p50/p99 µs (listings started) |"
+           " workload 1 alone / during `ls -l`: FUSE requests, store round trips per PHP "
+           "request (sessfs counters) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for s in scale:
         gc = s.get("gc") or {}
         r = s.get("rss_kb") or {}
@@ -291,7 +397,40 @@ def scale_table(scale):
             f"{mib(r.get('before_ls'))} → {mib(r.get('after_ls'))} → {mib(r.get('after_gc'))} MiB | "
             f"{fmt(a.get('rate'))}, {fmt(a.get('p50_us'))}/{fmt(a.get('p99_us'))} | "
             f"{fmt(d.get('rate'))}, {fmt(d.get('p50_us'))}/{fmt(d.get('p99_us'))} "
-            f"({s.get('ls_runs_during', '?')}) |")
+            f"({s.get('ls_runs_during', '?')}) | {scale_counters(a)} / {scale_counters(d)} |")
+    return out
+
+
+def scale_counters(r):
+    if "sessfs_counters" not in r:
+        return "—"
+    c = r.get("sessfs_counters")
+    if not c:
+        return "n/a"
+    return (f"{fmt(c.get('fuse_requests_per_req'), 2, 'n/a')}, "
+            f"{fmt(c.get('store_round_trips_per_req'), 2, 'n/a')}")
+
+
+def scale_targets(scale):
+    """The scale targets of issue 6: ls -l of 100,000 sessions under 2 s; sessfs' memory
+    bounded whatever the number of sessions in the store."""
+    out = ["## sessfs against its scale targets", "",
+           "| sessions | `ls -l` under 2 s (100,000) | sessfs RSS after ls and gc | RSS growth "
+           "from the smallest size |", "|---|---|---|---|"]
+    base = None
+    for s in scale:
+        rss = (s.get("rss_kb") or {}).get("after_all")
+        if base is None:
+            base = rss
+        ls_cell = (f"{s['ls_s']:.2f} s {check(s['ls_s'] < 2.0 and not s.get('ls_rc'))}"
+                   if s["sessions"] == 100000 else f"{s['ls_s']:.2f} s")
+        growth = ("—" if rss is None or base is None or s is scale[0]
+                  else f"+{(rss - base) / 1024:.1f} MiB")
+        out.append(f"| {s['sessions']:,} | {ls_cell} | "
+                   f"{'?' if rss is None else f'{rss / 1024:.1f} MiB'} | {growth} |")
+    out += ["", "Memory is bounded if RSS stops growing with the number of sessions in the "
+            "store (run `--scale-max 1000000` to see a second size); the mount uses the "
+            "default cache_size (see sessfs(8))."]
     return out
 
 
@@ -379,36 +518,25 @@ def main():
             md.append(f"- {why}")
         md.append("")
 
-    md += ["## sessfs against its targets", ""]
-    md += targets_table(b)
-    md += ["", "The JuiceFS and tmpfs columns compare like with like where they can: "
-           "sessfs rows are compared with JuiceFS on two mounts and with files on one tmpfs.", ""]
+    if b.workloads:
+        md += ["## sessfs against its targets", ""]
+        md += targets_table(b)
+        md += ["", "The JuiceFS and tmpfs columns compare like with like where they can: "
+               "sessfs rows are compared with JuiceFS on two mounts and with files on one "
+               "tmpfs. \"Done before phpredis locking\" compares the wall time of the "
+               "2,400 increments (all eight processes) of workload 5."
+               + (" Latency mode: these are the targets \"with the emulated network\"."
+                  if lat else ""), ""]
+    if scale:
+        md += scale_targets(scale) + [""]
 
-    md += ["## Results", "", "![requests per second](chart.svg)", ""]
-    md += results_tables(b)
-
-    md += ["### How to read the columns", "",
-           "- **req/s**: requests per second; for the eight-process workloads, the sum of the "
-           "eight processes' rates. **p50/p99**: per-request latency (hrtime around "
-           "session_id + session_start + session_write_close), over all processes.",
-           "- **round trips/req**: Redis `INFO stats` total_reads_processed − "
-           "total_connections_received (read events on client sockets, less one per "
-           "connection that closed), per PHP request; for memcached, the `stats` command "
-           "counters. This counts a Lua script (EVALSHA) or a pipeline as one.",
-           "- **Redis cmds/req**: the sum of `INFO commandstats` calls (INFO itself left out), "
-           "per PHP request. Redis counts every command a Lua script runs, so for a store that "
-           "works through scripts (sessfs) this is far above its round trips.",
-           "- **daemon RSS**: VmRSS of the FUSE daemon(s) after the workload (sessfs found with "
-           "`pgrep -f` of its mountpoint; JuiceFS likewise), one figure per process.",
-           "- **× phpredis locking / × tmpfs**: this store's req/s divided by that store's, "
-           "within each run; median over runs.",
-           "- **lost updates**: 2400 − the counter read back after 8 processes × 300 "
-           "increments of one session (read through the first mount; a second figure appears "
-           "if the mounts disagree). If fewer than 2400 requests were done before the time "
-           "limit, \"requests done\" shows it.",
-           "- **problems**: PHP warnings (a failed write only warns), session_start() failures "
-           "and sessions found empty (PHP drops a session it cannot decode: the user is logged "
-           "out).", ""]
+    if b.workloads:
+        md += ["## Results", "", "![requests per second](chart.svg)", ""]
+        md += results_tables(b)
+        md += readme_columns()
+    counters = counters_table(b)
+    if counters:
+        md += ["## sessfs' own counters, per PHP request", ""] + counters
 
     ovh = overhead_table(b)
     if ovh:

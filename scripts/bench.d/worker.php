@@ -4,7 +4,8 @@
 // session.save_handler / session.save_path the command line set (php -d ...).
 //
 // Protocol with driver.php: after its untimed preparation the worker prints "READY", waits for
-// a line on stdin, runs, writes its per-request latencies (ns, pack('P*')) to --lat-file and
+// a line on stdin (GO), runs, prints "DONE", waits for another line (FIN: the driver has read
+// the store's counters), writes its per-request latencies (ns, pack('P*')) to --lat-file and
 // prints one JSON line: count, elapsed, p50_us, p99_us, final (where relevant), errors.
 //
 // Modes:
@@ -197,6 +198,13 @@ switch ($mode) {
         exit(2);
 }
 $elapsed = (hrtime(true) - $start) / 1e9;
+// The driver reads the store's counters between DONE and FIN: what follows (the final read
+// of the counter) is neither timed nor counted as the workload's.
+fwrite(STDOUT, "DONE\n");
+fflush(STDOUT);
+if (fgets(STDIN) === false) {
+    exit(1);
+}
 
 if ($latFile !== '') {
     $fh = fopen($latFile, 'wb');
