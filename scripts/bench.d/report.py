@@ -289,7 +289,9 @@ def readme_columns():
            "per PHP request. Redis counts every command a Lua script runs, so for a store that "
            "works through scripts (sessfs) this is far above its round trips.",
            "- **daemon RSS**: VmRSS of the FUSE daemon(s) after the workload (sessfs found with "
-           "`pgrep -f` of its mountpoint; JuiceFS likewise), one figure per process.",
+           "`pgrep -f` of its mountpoint; JuiceFS likewise), one figure per process. "
+           "`juicefs mount -d` leaves two processes per mount (a watchdog parent and the "
+           "child that serves FUSE), so JuiceFS on two mounts shows four figures.",
            "- **× phpredis locking / × tmpfs**: this store's req/s divided by that store's, "
            "within each run; median over runs.",
            "- **lost updates**: 2400 − the counter read back after 8 processes × 300 "
