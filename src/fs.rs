@@ -184,6 +184,25 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
 }
 
+/// How far `setattr_begin` got.
+#[derive(Debug)]
+pub enum SetattrStep {
+    /// Answered from memory.
+    Done(Result<Attr>),
+    /// The change is made here and must still be sent.
+    Store(PendingMeta),
+    /// Nothing done: the whole of setattr must run (it may need the store first).
+    Full,
+}
+
+/// A metadata change made here that the store has yet to take.
+#[derive(Debug)]
+pub struct PendingMeta {
+    name: SessionName,
+    expect: Option<u64>,
+    meta: Meta,
+}
+
 /// Open flags that matter here (from open(2)).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenFlags {
@@ -871,6 +890,27 @@ impl<S: Store> Fs<S> {
         ))
     }
 
+    /// open answered from memory (under a lease, or while another open file here has unsent
+    /// changes), without a hop to another thread; None when the store must be asked.
+    pub fn open_now(&self, ino: u64, flags: OpenFlags) -> Option<Result<u64>> {
+        if ino == STATUS_INO {
+            return None;
+        }
+        let name = {
+            let mut st = self.state();
+            let inode = st.inodes.get(&ino)?;
+            let name = inode.name.clone()?;
+            if inode.open > 0 && inode.is_dirty() {
+                self.counters.opens.fetch_add(1, Ordering::Relaxed);
+                return Some(Self::new_handle(&mut st, ino, flags));
+            }
+            name
+        };
+        let fh = self.open_from_lease(ino, &name, flags)?;
+        self.counters.opens.fetch_add(1, Ordering::Relaxed);
+        Some(Ok(fh))
+    }
+
     /// Opens from memory under a lease: nobody else can have changed the session, so the copy
     /// this server holds (open here, or cached at the last close) is the stored one.
     fn open_from_lease(&self, ino: u64, name: &SessionName, flags: OpenFlags) -> Option<u64> {
@@ -1175,6 +1215,23 @@ impl<S: Store> Fs<S> {
         }
     }
 
+    /// flush when there is nothing to send, answered inline; None when the store must be
+    /// asked.
+    pub fn flush_now(&self, fh: u64) -> Option<Result<()>> {
+        let st = self.state();
+        if st.status.contains_key(&fh) {
+            return Some(Ok(()));
+        }
+        let ino = match Self::handle_ino(&st, fh) {
+            Ok(ino) => ino,
+            Err(e) => return Some(Err(e)),
+        };
+        match st.inodes.get(&ino) {
+            Some(i) if i.is_dirty() && i.name.is_some() => None,
+            _ => Some(Ok(())),
+        }
+    }
+
     /// close(2): the session reaches the store before close returns.
     pub async fn flush(&self, fh: u64, pid: u32) -> Result<()> {
         let ino = {
@@ -1210,6 +1267,33 @@ impl<S: Store> Fs<S> {
         } else {
             Ok(())
         };
+        self.release_rest(ino, fh, sent)
+    }
+
+    /// release when nothing is left to send (the usual case: flush sent it), answered
+    /// without a hop to another thread; None when the store must be asked. Must run inside
+    /// the runtime's context (it may start lock tasks).
+    pub fn release_now(self: &Arc<Self>, fh: u64) -> Option<Result<()>> {
+        let ino = {
+            let mut st = self.state();
+            if st.status.remove(&fh).is_some() {
+                return Some(Ok(()));
+            }
+            let ino = match Self::handle_ino(&st, fh) {
+                Ok(ino) => ino,
+                Err(e) => return Some(Err(e)),
+            };
+            let inode = st.inodes.get(&ino)?;
+            if inode.open == 1 && inode.is_dirty() {
+                return None;
+            }
+            ino
+        };
+        Some(self.release_rest(ino, fh, Ok(())))
+    }
+
+    /// What release does once the file's changes were sent (`sent` says how that went).
+    fn release_rest(self: &Arc<Self>, ino: u64, fh: u64, sent: Result<()>) -> Result<()> {
         // The file's flock goes with it (PHP never unlocks: it closes), after its writes.
         self.unlock_fh(ino, fh);
         let mut st = self.state();
@@ -1276,7 +1360,11 @@ impl<S: Store> Fs<S> {
         } else {
             None
         };
-        let result = self.apply_setattr(ino, set, caller).await;
+        let result = match self.setattr_local(ino, set, caller) {
+            Ok(Ok(attr)) => Ok(attr),
+            Ok(Err(pending)) => self.setattr_store(ino, pending, caller).await,
+            Err(e) => Err(e),
+        };
         if let Some(tfh) = temp_fh {
             // The temporary handle's release sends the truncation.
             self.release(tfh).await?;
@@ -1284,9 +1372,55 @@ impl<S: Store> Fs<S> {
         result
     }
 
-    async fn apply_setattr(&self, ino: u64, set: SetAttr, caller: Caller) -> Result<Attr> {
+    /// setattr as far as this server's memory takes it, without a hop to another thread: the
+    /// local change of an open file (truncation, times under a lease) is the whole of it.
+    pub fn setattr_begin(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        set: SetAttr,
+        caller: Caller,
+    ) -> SetattrStep {
+        if ino == ROOT_INO {
+            return SetattrStep::Full;
+        }
+        let opened_here = self.state().inodes.get(&ino).is_some_and(|i| i.open > 0);
+        if set.size.is_some() && fh.is_none() && !opened_here {
+            return SetattrStep::Full;
+        }
+        match self.setattr_local(ino, set, caller) {
+            Ok(Ok(attr)) => SetattrStep::Done(Ok(attr)),
+            Ok(Err(pending)) => SetattrStep::Store(pending),
+            Err(e) => SetattrStep::Done(Err(e)),
+        }
+    }
+
+    /// The rest of a setattr that `setattr_begin` could not finish.
+    pub async fn setattr_finish(
+        self: &Arc<Self>,
+        ino: u64,
+        fh: Option<u64>,
+        set: SetAttr,
+        caller: Caller,
+        step: SetattrStep,
+    ) -> Result<Attr> {
+        match step {
+            SetattrStep::Done(r) => r,
+            SetattrStep::Store(pending) => self.setattr_store(ino, pending, caller).await,
+            SetattrStep::Full => self.setattr(ino, fh, set, caller).await,
+        }
+    }
+
+    /// Applies `set` to this server's copy. Ok(Err(pending)) when the change must still reach
+    /// the store (`setattr_store`).
+    fn setattr_local(
+        &self,
+        ino: u64,
+        set: SetAttr,
+        caller: Caller,
+    ) -> Result<std::result::Result<Attr, PendingMeta>> {
         let now = now_nanos();
-        let (name, meta_only, expect, meta) = {
+        let (name, expect, meta) = {
             let mut st = self.state();
             let max = self.cfg.max_size;
             let inode = st
@@ -1354,10 +1488,10 @@ impl<S: Store> Fs<S> {
             }
             // An open file with changes to send takes the metadata along at flush.
             if inode.is_dirty() {
-                return Ok(self.kernel_attr(ino, inode));
+                return Ok(Ok(self.kernel_attr(ino, inode)));
             }
             let Some(name) = inode.name.clone() else {
-                return Ok(self.kernel_attr(ino, inode));
+                return Ok(Ok(self.kernel_attr(ino, inode)));
             };
             // A touch under the lease (lazy_write's utime) waits for the next renewal or the
             // lease's end: the lifetime and ctime it refreshes are minutes long.
@@ -1365,11 +1499,17 @@ impl<S: Store> Fs<S> {
                 set.size.is_none() && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
             if times_only && self.cfg.batch_touches && inode.leased() && inode.version.is_some() {
                 inode.touch_pending = true;
-                return Ok(self.kernel_attr(ino, inode));
+                return Ok(Ok(self.kernel_attr(ino, inode)));
             }
-            (name, set.size.is_none(), inode.incarnation, inode.meta)
+            (name, inode.incarnation, inode.meta)
         };
-        if meta_only || set.size.is_some() {
+        Ok(Err(PendingMeta { name, expect, meta }))
+    }
+
+    /// Sends a metadata change `setattr_local` made.
+    async fn setattr_store(&self, ino: u64, p: PendingMeta, caller: Caller) -> Result<Attr> {
+        let PendingMeta { name, expect, meta } = p;
+        {
             let token = self.fence_token(ino);
             let fence = token.map(|token| Fence {
                 owner: &self.owner,

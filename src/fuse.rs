@@ -21,7 +21,8 @@ use fuser::{
 use tracing::Instrument;
 
 use crate::fs::error::Level;
-use crate::fs::{Attr, Caller, Error, Fs, Kind, OpenFlags, SetAttr, SetTime};
+use crate::fs::locking::LockStep;
+use crate::fs::{Attr, Caller, Error, Fs, Kind, OpenFlags, SetAttr, SetTime, SetattrStep};
 use crate::store::Store;
 
 /// Entries are never cached by the kernel: every open(2) looks its name up here. Attributes
@@ -226,11 +227,17 @@ impl<S: Store> Filesystem for FuseFs<S> {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        let fs = self.fs.clone();
         let who = caller(req);
         let id = req.unique().0;
+        let fh = fh.map(|f| f.0);
+        let step = match self.fs.setattr_begin(ino.0, fh, set, who) {
+            SetattrStep::Done(Ok(a)) => return reply.attr(&a.cache_for, &file_attr(&a)),
+            SetattrStep::Done(Err(e)) => return reply.error(report("setattr", id, &e)),
+            step => step,
+        };
+        let fs = self.fs.clone();
         self.spawn("setattr", req, async move {
-            match fs.setattr(ino.0, fh.map(|f| f.0), set, who).await {
+            match fs.setattr_finish(ino.0, fh, set, who, step).await {
                 Ok(a) => reply.attr(&a.cache_for, &file_attr(&a)),
                 Err(e) => reply.error(report("setattr", id, &e)),
             }
@@ -361,10 +368,15 @@ impl<S: Store> Filesystem for FuseFs<S> {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         self.fs.count_request();
-        let fs = self.fs.clone();
-        let who = caller(req);
         let id = req.unique().0;
         let flags = OpenFlags::from_raw(flags.0);
+        match self.fs.open_now(ino.0, flags) {
+            Some(Ok(fh)) => return reply.opened(FileHandle(fh), OPEN_FLAGS),
+            Some(Err(e)) => return reply.error(report("open", id, &e)),
+            None => {}
+        }
+        let fs = self.fs.clone();
+        let who = caller(req);
         self.spawn("open", req, async move {
             match fs.open(ino.0, flags, who).await {
                 Ok(fh) => reply.opened(FileHandle(fh), OPEN_FLAGS),
@@ -419,8 +431,13 @@ impl<S: Store> Filesystem for FuseFs<S> {
         reply: ReplyEmpty,
     ) {
         self.fs.count_request();
-        let fs = self.fs.clone();
         let id = req.unique().0;
+        match self.fs.flush_now(fh.0) {
+            Some(Ok(())) => return reply.ok(),
+            Some(Err(e)) => return reply.error(report("flush", id, &e)),
+            None => {}
+        }
+        let fs = self.fs.clone();
         let pid = req.pid();
         self.spawn("flush", req, async move {
             match fs.flush(fh.0, pid).await {
@@ -441,8 +458,18 @@ impl<S: Store> Filesystem for FuseFs<S> {
         reply: ReplyEmpty,
     ) {
         self.fs.count_request();
-        let fs = self.fs.clone();
         let id = req.unique().0;
+        let answered = {
+            // Letting a lock go may start tasks.
+            let _rt = self.rt.enter();
+            self.fs.release_now(fh.0)
+        };
+        match answered {
+            Some(Ok(())) => return reply.ok(),
+            Some(Err(e)) => return reply.error(report("release", id, &e)),
+            None => {}
+        }
+        let fs = self.fs.clone();
         self.spawn("release", req, async move {
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),
@@ -591,11 +618,21 @@ impl<S: Store> Filesystem for FuseFs<S> {
         self.fs.count_request();
         // Keyed by the daemon's file handle, never by the kernel's reusable lock owner; the
         // waiting process is the request's pid, whose signals the daemon watches.
-        let fs = self.fs.clone();
         let id = req.unique().0;
         let pid = req.pid();
+        let step = {
+            // Granting or letting go may start lock tasks.
+            let _rt = self.rt.enter();
+            self.fs.setlk_begin(fh.0, typ, sleep, pid)
+        };
+        let step = match step {
+            LockStep::Done(Ok(())) => return reply.ok(),
+            LockStep::Done(Err(e)) => return reply.error(report("setlk", id, &e)),
+            step => step,
+        };
+        let fs = self.fs.clone();
         self.spawn("setlk", req, async move {
-            match fs.setlk(fh.0, typ, sleep, pid).await {
+            match fs.setlk_finish(step).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(report("setlk", id, &e)),
             }

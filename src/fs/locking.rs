@@ -73,6 +73,24 @@ impl Drop for Waker<'_> {
     }
 }
 
+/// How far `setlk_begin` got.
+#[derive(Debug)]
+pub enum LockStep {
+    Done(Result<()>),
+    /// Parked: the answer comes through the receiver.
+    Wait {
+        rx: tokio::sync::oneshot::Receiver<lock::Answer>,
+        name: SessionName,
+    },
+    /// Non-blocking, and only the store can tell.
+    Try {
+        ino: u64,
+        name: SessionName,
+        fh: u64,
+        mode: Mode,
+    },
+}
+
 /// A line of `sessfs status`.
 #[derive(Debug, Clone)]
 pub struct LockStatus {
@@ -352,20 +370,40 @@ impl<S: Store> Fs<S> {
         blocking: bool,
         pid: u32,
     ) -> Result<()> {
+        let step = self.setlk_begin(fh, typ, blocking, pid);
+        self.setlk_finish(step).await
+    }
+
+    /// The part of flock that needs no waiting: a lock this server can grant (the cluster
+    /// lock is held here, as under a lease), an unlock, a refusal. Answered by the caller
+    /// without a hop to another thread. Must run inside the runtime's context (it may start
+    /// lock tasks).
+    pub fn setlk_begin(self: &Arc<Self>, fh: u64, typ: i32, blocking: bool, pid: u32) -> LockStep {
         let (ino, name) = {
             let st = self.state();
-            let ino = Self::handle_ino(&st, fh)?;
-            let inode = &st.inodes[&ino];
-            (ino, inode.lock_name.clone())
+            let ino = match Self::handle_ino(&st, fh) {
+                Ok(ino) => ino,
+                Err(e) => return LockStep::Done(Err(e)),
+            };
+            match st.inodes.get(&ino) {
+                Some(inode) => (ino, inode.lock_name.clone()),
+                None => return LockStep::Done(Err(err!(EBADF, Error, "inode {ino} is gone"))),
+            }
         };
         let mode = match typ {
             libc::F_RDLCK => Mode::Shared,
             libc::F_WRLCK => Mode::Exclusive,
             libc::F_UNLCK => {
                 self.unlock_fh(ino, fh);
-                return Ok(());
+                return LockStep::Done(Ok(()));
             }
-            other => return Err(err!(EINVAL, Warn, "{name}: unknown lock type {other}")),
+            other => {
+                return LockStep::Done(Err(err!(
+                    EINVAL,
+                    Warn,
+                    "{name}: unknown lock type {other}"
+                )));
+            }
         };
         let (req, todo) = {
             let mut t = self.locks();
@@ -379,9 +417,24 @@ impl<S: Store> Fs<S> {
         tracing::debug!(session = %name, fh, ?mode, blocking, ?req, ?todo, "flock");
         self.run_todo(ino, todo);
         match req {
-            Request::Granted => Ok(()),
-            Request::WouldBlock => Err(err!(EWOULDBLOCK, Debug, "{name}: locked")),
-            Request::Wait(rx) => {
+            Request::Granted => LockStep::Done(Ok(())),
+            Request::WouldBlock => LockStep::Done(Err(err!(EWOULDBLOCK, Debug, "{name}: locked"))),
+            Request::Wait(rx) => LockStep::Wait { rx, name },
+            Request::TryCluster(mode) => LockStep::Try {
+                ino,
+                name,
+                fh,
+                mode,
+            },
+        }
+    }
+
+    /// The waiting part of flock: a blocking request parked until granted or interrupted, or
+    /// a non-blocking one's single try at the cluster lock.
+    pub async fn setlk_finish(self: &Arc<Self>, step: LockStep) -> Result<()> {
+        match step {
+            LockStep::Done(r) => r,
+            LockStep::Wait { rx, name } => {
                 self.ensure_signal_checker();
                 match rx.await {
                     Ok(Ok(())) => Ok(()),
@@ -393,7 +446,12 @@ impl<S: Store> Fs<S> {
                     Err(_) => Err(err!(EINTR, Warn, "{name}: lock wait abandoned")),
                 }
             }
-            Request::TryCluster(mode) => self.try_cluster(ino, &name, fh, mode).await,
+            LockStep::Try {
+                ino,
+                name,
+                fh,
+                mode,
+            } => self.try_cluster(ino, &name, fh, mode).await,
         }
     }
 
