@@ -25,10 +25,13 @@ use crate::fs::locking::LockStep;
 use crate::fs::{Attr, Caller, Error, Fs, Kind, OpenFlags, SetAttr, SetTime, SetattrStep};
 use crate::store::Store;
 
-/// Entries are never cached by the kernel: every open(2) looks its name up here. Attributes
-/// are cached only as long as `fs` says (`Attr::cache_for`: while this server holds the
-/// session's lease). Entry invalidation would take the directory's lock, which an unlink
-/// waiting for another server holds; attribute invalidation takes none (fuse-facts.md 14).
+/// Entries and attributes are cached by the kernel only as long as `fs` says
+/// (`Attr::cache_for`: while this server holds the session's lease); new files' entries
+/// (create, mknod) not at all. At the lease's end `fs` invalidates the attributes. Entries
+/// are left to expire: an entry only maps the name to the inode, and every open and uncached
+/// stat of that inode still comes here and is checked against the store, so a stale one is
+/// harmless; invalidating one would take the directory's lock, which an unlink waiting for
+/// another server holds (fuse-facts.md 14).
 const ENTRY_TTL: Duration = Duration::ZERO;
 
 /// `fs::KernelCache` on fuser's notifier: drops an inode's cached attributes (offset -1: no
@@ -149,7 +152,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
             Some(Ok(a)) => {
                 return reply.entry_with_ttls(
                     &a.cache_for,
-                    &ENTRY_TTL,
+                    &a.cache_for,
                     &file_attr(&a),
                     Generation(0),
                 );
@@ -163,7 +166,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         self.spawn("lookup", req, async move {
             match fs.lookup(parent.0, &name, pid).await {
                 Ok(a) => {
-                    reply.entry_with_ttls(&a.cache_for, &ENTRY_TTL, &file_attr(&a), Generation(0))
+                    reply.entry_with_ttls(&a.cache_for, &a.cache_for, &file_attr(&a), Generation(0))
                 }
                 Err(e) => reply.error(report("lookup", id, &e)),
             }
