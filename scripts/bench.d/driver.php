@@ -278,12 +278,14 @@ $pct = function (float $p) use ($lat) {
 };
 
 $count = 0;
+$writes = 0;
 $rate = 0.0;
 $rates = [];
 $messages = [];
 $sum = ['warnings' => 0, 'failed_starts' => 0, 'lost_sessions' => 0];
 foreach ($results as $r) {
     $count += $r['count'];
+    $writes += $r['writes'] ?? 0;
     $wr = $r['elapsed'] > 0 ? $r['count'] / $r['elapsed'] : 0.0;
     $rates[] = round($wr, 1);
     $rate += $wr;
@@ -299,6 +301,7 @@ foreach ($results as $r) {
 $out = [
     'procs' => $procs,
     'count' => $count,
+    'writes' => $writes,
     'elapsed' => max(array_column($results, 'elapsed')),
     'wall' => $wall,
     'rate' => $rate,

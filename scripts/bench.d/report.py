@@ -21,9 +21,12 @@ WORKLOADS = {
     "read": "3. Read-mostly: one request in ten writes (lazy_write touches the rest)",
     "eight": "4. Eight processes on eight distinct sessions",
     "same": "5. Eight processes × 300 increments of ONE session",
+    "read8": "6. Read-mostly in eight processes on eight distinct sessions (one request in ten "
+             "writes)",
 }
 SHORT = {"one": "1 session", "rotate": "10k rotation", "read": "read-mostly",
-         "eight": "8 procs × 8 sessions", "same": "8 procs × 1 session"}
+         "eight": "8 procs × 8 sessions", "same": "8 procs × 1 session",
+         "read8": "read-mostly, 8 procs × 8 sessions"}
 SAME_TOTAL = 2400
 OVERHEAD_PAIRS = [("ovh-sessfs-direct", "ovh-sessfs-p0", "sessfs, 1 mount"),
                   ("ovh-redis-direct", "ovh-redis-p0", "phpredis, locking"),

@@ -6,13 +6,15 @@
 // Protocol with driver.php: after its untimed preparation the worker prints "READY", waits for
 // a line on stdin (GO), runs, prints "DONE", waits for another line (FIN: the driver has read
 // the store's counters), writes its per-request latencies (ns, pack('P*')) to --lat-file and
-// prints one JSON line: count, elapsed, p50_us, p99_us, final (where relevant), errors.
+// prints one JSON line: count, writes (the requests that changed the session), elapsed, p50_us,
+// p99_us, final (where relevant), errors.
 //
 // Modes:
 //   one     one session, ~2 KB, a counter incremented every request
 //   rotate  --sessions sessions (prefilled beforehand with mode prefill), one after another
 //   read    one session; one request in ten increments, the others only read (lazy_write touches)
 //   eight   like one, on the session <sid>w<worker> (eight workers run at once)
+//   read8   like read, on the session <sid>w<worker> (eight workers run at once)
 //   same    like one, every worker on the same session; worker 0 creates it
 //   prefill create --sessions sessions for rotate (no READY, no timing)
 //   final   read the counter of --sid through every path (read_and_close), no writes
@@ -151,10 +153,10 @@ if ($mode === 'gc') {
 
 // Untimed preparation.
 $target = $sid;
-if ($mode === 'eight') {
+if ($mode === 'eight' || $mode === 'read8') {
     $target = $sid . 'w' . $worker;
 }
-if ($mode === 'one' || $mode === 'read' || $mode === 'eight' || ($mode === 'same' && $worker === 0)) {
+if (in_array($mode, ['one', 'read', 'eight', 'read8'], true) || ($mode === 'same' && $worker === 0)) {
     request($target, 0, 'init');
 }
 $rotateBase = random_int(0, max(0, $sessions - 1));
@@ -175,6 +177,7 @@ $lat = [];
 $deadline = hrtime(true) + (int)($seconds * 1e9);
 $start = hrtime(true);
 $i = 0;
+$writes = 0;  // requests that changed the session (the others only read it: lazy_write touches)
 switch ($mode) {
     case 'one':
     case 'eight':
@@ -182,16 +185,21 @@ switch ($mode) {
         for (; $i < $count && hrtime(true) < $deadline; $i++) {
             $lat[] = request($target, $i, 'incr');
         }
+        $writes = $i;
         break;
     case 'read':
+    case 'read8':
         for (; $i < $count && hrtime(true) < $deadline; $i++) {
-            $lat[] = request($target, $i, $i % 10 === 0 ? 'incr' : 'read');
+            $write = $i % 10 === 0;
+            $lat[] = request($target, $i, $write ? 'incr' : 'read');
+            $writes += $write ? 1 : 0;
         }
         break;
     case 'rotate':
         for (; $i < $count && hrtime(true) < $deadline; $i++) {
             $lat[] = request($sid . 'r' . (($rotateBase + $i) % $sessions), $i, 'incr');
         }
+        $writes = $i;
         break;
     default:
         fwrite(STDERR, "worker.php: unknown mode $mode\n");
@@ -213,13 +221,14 @@ if ($latFile !== '') {
     }
     fclose($fh);
 }
-$result = ['mode' => $mode, 'worker' => $worker, 'count' => $i, 'elapsed' => $elapsed];
+$result = ['mode' => $mode, 'worker' => $worker, 'count' => $i, 'writes' => $writes,
+    'elapsed' => $elapsed];
 sort($lat);
 $result['p50_us'] = percentile($lat, 0.50);
 $result['p99_us'] = percentile($lat, 0.99);
 $result['failed_starts'] = $failedStarts;
 $result['lost_sessions'] = $lostSessions;
-if ($mode === 'one' || $mode === 'read' || $mode === 'eight') {
+if (in_array($mode, ['one', 'read', 'eight', 'read8'], true)) {
     $result['final'] = finalCounter($target)[0];
 }
 out($result);
