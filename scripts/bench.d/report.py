@@ -498,7 +498,7 @@ def main():
     md = [f"# sessfs benchmark {meta.get('timestamp', '')}", ""]
     md.append(f"`{meta.get('command', 'scripts/bench')}`: {meta.get('mode')} mode, "
               f"{meta.get('runs')} run(s), medians shown; stores interleaved round-robin within "
-              f"each run; {'PHP pinned to CPU 0 (single-process workloads)' if meta.get('pin') == '1' else 'PHP not pinned'}; "
+              f"each run; {'`--pin`: redis-server, memcached, the sessfs and JuiceFS daemons and single-process PHP on CPU 0, multi-process PHP unpinned (see pinning below)' if meta.get('pin') == '1' else 'nothing pinned'}; "
               + (f"**latency mode: every store reaches Redis/memcached through "
                  f"sessfs-latency-proxy adding {lat} µs each way ({2 * lat} µs per round trip, "
                  f"and one more round trip before the first bytes of a new connection, as its "
@@ -512,7 +512,7 @@ def main():
     md.append("")
     md += ["## Machine and versions", "", "| | |", "|---|---|"]
     for k in ["nproc", "cpu", "memory", "kernel", "php", "redis", "memcached", "juicefs",
-              "sessfs", "rustc", "bounds", "workload_seconds"]:
+              "sessfs", "rustc", "bounds", "workload_seconds", "pinning", "pin_check"]:
         if k in meta:
             md.append(f"| {k} | {meta[k]} |")
     md.append("")
