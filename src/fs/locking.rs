@@ -785,7 +785,10 @@ impl<S: Store> Fs<S> {
                 match fs.store.lock_renew(&name, &fs.claim(token, mode)).await {
                     Ok(true) => fs.extend_lease(ino, sent),
                     Ok(false) => {
-                        fs.end_lease(ino);
+                        // Redis no longer has the claim (its lease ran out, or Redis lost
+                        // its data): another server may write now, so the kernel's copy goes.
+                        let cached = fs.end_lease(ino);
+                        fs.empty_kernel_cache(ino, cached).await;
                         tracing::error!(
                             session = %name,
                             "the session's cluster lock was lost (its lease of {:?} ran out); \
