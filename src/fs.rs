@@ -88,9 +88,10 @@ const RECALL_SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 /// The kernel's caches of this mount, which the daemon must empty for a file before another
 /// server may change it. `fuse` implements it on fuser's notifier; unit tests record calls.
-/// Called from a blocking thread, never from a request handler (fuse-facts.md 14).
+/// Never called from a request handler or with a lock held (fuse-facts.md 14).
 pub trait KernelCache: Send + Sync + 'static {
-    /// Drops the kernel's cached attributes of inode `ino`.
+    /// Drops the kernel's cached attributes of inode `ino`. Must not wait for any request
+    /// (attributes only: no page range, no directory entry), since it runs on the runtime.
     fn invalidate(&self, ino: u64) -> std::io::Result<()>;
 }
 

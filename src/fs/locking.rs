@@ -292,26 +292,22 @@ impl<S: Store> Fs<S> {
         inode.kernel_until.take()
     }
 
-    /// Empties the kernel's copy of the attributes before another server may change the file:
-    /// invalidated from a blocking thread (never a request handler, fuse-facts.md 14), or, if
-    /// that cannot be done in time, waited out.
+    /// Empties the kernel's copy of the attributes before another server may change the file,
+    /// or, if the kernel refuses, waits until it expires. Called from the releasing task, never
+    /// a request handler, with no lock held (fuse-facts.md 14); `KernelCache::invalidate` does
+    /// not wait on any request, so it is called in place: a hop to a blocking thread cost
+    /// every lock hand-off between servers a CPU wake-up.
     async fn empty_kernel_cache(&self, ino: u64, until: Option<Instant>) {
         let Some(until) = until else { return };
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if until <= Instant::now() {
             return;
         }
-        if let Some(k) = self.kernel.get().cloned() {
-            let done = tokio::task::spawn_blocking(move || k.invalidate(ino));
-            match tokio::time::timeout(left, done).await {
-                Ok(Ok(Ok(()))) => return,
-                Ok(Ok(Err(e))) => tracing::warn!(
+        if let Some(k) = self.kernel.get() {
+            match k.invalidate(ino) {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(
                     ino,
                     "invalidating the kernel's attributes: {e}; waiting for them to expire"
-                ),
-                _ => tracing::warn!(
-                    ino,
-                    "the kernel did not take an invalidation in time; waiting for it to expire"
                 ),
             }
         }
