@@ -42,16 +42,31 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Runs a store operation until no other server's lease stands in its way: each `Recalled`
 /// answer means the holder was asked to let go, and this waits for its release (killable by
 /// the waiting process's signals) before asking again. `$op` is evaluated anew each time.
+/// Evaluates to the `Result`.
 macro_rules! recalling {
     ($fs:expr, $name:expr, $pid:expr, $op:expr) => {{
         let mut waker = None;
-        loop {
-            let answer = $op.await.map_err(|e| Error::store($name, e))?;
+        let result = loop {
+            let answer = match $op.await {
+                Ok(a) => a,
+                Err(e) => break Err(Error::store($name, e)),
+            };
             match Recallable::recalled(&answer) {
-                None => break answer,
-                Some(after) => $fs.wait_recall($name, &mut waker, after, $pid).await?,
+                None => break Ok(answer),
+                Some(after) => {
+                    if let Err(e) = $fs.wait_recall($name, &mut waker, after, $pid).await {
+                        break Err(e);
+                    }
+                }
             }
+        };
+        // A wait given up leaves this server among the openers the store makes every lock
+        // claim wait for: take that place back.
+        if result.is_err() && waker.is_some() {
+            $fs.forget_opener($name).await;
         }
+        drop(waker);
+        result
     }};
 }
 
@@ -86,6 +101,12 @@ const LEASE_TRUST: (u32, u32) = (4, 5);
 /// (fuse-facts.md 5 and 6: a request in the daemon cannot be killed otherwise).
 const RECALL_SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
+/// How long an unlink waits for another server to give the session up before deleting it
+/// anyway. The kernel holds the directory's lock meanwhile, so lookups and creates of the
+/// whole mount wait too; the holder was asked at once and serves nothing from memory once it
+/// heard, and its later writes find the session gone.
+const UNLINK_RECALL_BOUND: Duration = Duration::from_millis(200);
+
 /// The kernel's caches of this mount, which the daemon must empty for a file before another
 /// server may change it. `fuse` implements it on fuser's notifier; unit tests record calls.
 /// Never called from a request handler or with a lock held (fuse-facts.md 14).
@@ -111,8 +132,11 @@ struct Counters {
 struct Lease {
     /// Trusted until then (LEASE_TRUST); renewals move it.
     until: Instant,
-    /// Another server asked for the session: no more kernel caching, it goes soon.
+    /// Another server asked for the session: nothing more is served from memory (it may be
+    /// about to change it), and it goes as soon as local users are done.
     recalled: bool,
+    /// The cluster lock's token: only that holding's end ends this lease.
+    token: u64,
 }
 
 /// Who is asking: from the FUSE request header.
@@ -300,7 +324,8 @@ impl Inode {
 
     /// Whether the lease is still to be trusted now.
     fn leased(&self) -> bool {
-        self.lease.is_some_and(|l| l.until > Instant::now())
+        self.lease
+            .is_some_and(|l| !l.recalled && l.until > Instant::now())
     }
 
     fn is_dirty(&self) -> bool {
@@ -503,7 +528,7 @@ impl<S: Store> Fs<S> {
             return Duration::ZERO;
         }
         match inode.lease {
-            Some(l) if !l.recalled => l
+            Some(l) if inode.leased() => l
                 .until
                 .saturating_duration_since(Instant::now())
                 .min(KERNEL_TTL),
@@ -865,7 +890,14 @@ impl<S: Store> Fs<S> {
                     let mut st = self.state();
                     st.unbind(&name);
                     self.cache().remove(&name);
-                    return Err(err!(ENOENT, Debug, "{name}: no such session"));
+                    // ESTALE, not ENOENT: the kernel's entry for the name was stale (the
+                    // session was deleted elsewhere), and the kernel then looks the name up
+                    // afresh and, with O_CREAT (which it does not pass to open), creates it.
+                    return Err(err!(
+                        ESTALE,
+                        Debug,
+                        "{name}: deleted since it was looked up"
+                    ));
                 }
             };
             let mut st = self.state();
@@ -1168,7 +1200,19 @@ impl<S: Store> Fs<S> {
             self.store
                 .write(&name, expect, fence, &data, &meta, self.asker())
         );
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // The write may or may not have landed: no copy here counts as the stored
+                // one any more, under a lease or not.
+                self.distrust(ino, &name);
+                return Err(e);
+            }
+        };
         self.forget_listed(&name);
+        if written == Written::Fenced {
+            self.distrust(ino, &name);
+        }
         let mut st = self.state();
         match written {
             Written::Recalled(_) => Err(err!(EIO, Error, "{name}: write kept being recalled")),
@@ -1231,6 +1275,15 @@ impl<S: Store> Fs<S> {
             Some(i) if i.is_dirty() && i.name.is_some() => None,
             _ => Some(Ok(())),
         }
+    }
+
+    /// Forgets which version this server's copy of `name` is, so that it is never served as
+    /// the stored one again (a write whose outcome is unknown, or that was refused).
+    fn distrust(&self, ino: u64, name: &SessionName) {
+        if let Some(inode) = self.state().inodes.get_mut(&ino) {
+            inode.version = None;
+        }
+        self.cache().remove(name);
     }
 
     /// close(2): the session reaches the store before close returns.
@@ -1367,8 +1420,11 @@ impl<S: Store> Fs<S> {
             Err(e) => Err(e),
         };
         if let Some(tfh) = temp_fh {
-            // The temporary handle's release sends the truncation.
+            // The truncation is sent for the caller, so a wait for another server's lease
+            // stays killable; the temporary handle's release then has nothing left to send.
+            let sent = self.persist(ino, Some(caller.pid)).await;
             self.release(tfh).await?;
+            sent?;
         }
         result
     }
@@ -1522,7 +1578,7 @@ impl<S: Store> Fs<S> {
                 Some(caller.pid),
                 self.store
                     .update_meta(&name, expect, fence, &meta, self.asker())
-            );
+            )?;
             self.forget_listed(&name);
             let mut st = self.state();
             match written {
@@ -1567,12 +1623,7 @@ impl<S: Store> Fs<S> {
         Self::check_parent(parent)?;
         let name = parse_name(name)
             .map_err(|_| err!(ENOENT, Debug, "{}: not a session name", shown(name)))?;
-        let removed = recalling!(
-            self,
-            &name,
-            Some(pid),
-            self.store.remove(&name, self.asker())
-        );
+        let removed = self.remove_recalling(&name, pid).await?;
         self.forget_listed(&name);
         let mut st = self.state();
         st.unbind(&name);
@@ -1581,6 +1632,41 @@ impl<S: Store> Fs<S> {
             Removed::Removed => Ok(()),
             Removed::Missing => Err(err!(ENOENT, Debug, "{name}: no such session")),
             Removed::Recalled(_) => Err(err!(EIO, Error, "{name}: delete kept being recalled")),
+        }
+    }
+
+    /// Deletes `name`, letting another server that holds it under a lease give it up first,
+    /// but for no longer than UNLINK_RECALL_BOUND.
+    async fn remove_recalling(&self, name: &SessionName, pid: u32) -> Result<Removed> {
+        let started = Instant::now();
+        let mut waker = None;
+        loop {
+            let force = started.elapsed() >= UNLINK_RECALL_BOUND;
+            let answer = self
+                .store
+                .remove(name, self.asker(), force)
+                .await
+                .map_err(|e| Error::store(name, e));
+            let after = match answer {
+                Ok(Removed::Recalled(after)) => after,
+                other => {
+                    if other.is_err() && waker.is_some() {
+                        self.forget_opener(name).await;
+                    }
+                    return other;
+                }
+            };
+            if force {
+                return Err(err!(EIO, Error, "{name}: delete kept being recalled"));
+            }
+            let left = UNLINK_RECALL_BOUND.saturating_sub(started.elapsed());
+            if let Err(e) = self
+                .wait_recall(name, &mut waker, after.min(left), Some(pid))
+                .await
+            {
+                self.forget_opener(name).await;
+                return Err(e);
+            }
         }
     }
 

@@ -46,11 +46,9 @@ impl Kernel {
 
 impl crate::fs::KernelCache for Kernel {
     fn invalidate(&self, ino: u64) -> std::io::Result<()> {
-        match self.0.inval_inode(INodeNo(ino), -1, 0) {
-            // The kernel no longer knows the inode: nothing cached.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other,
-        }
+        // ENOENT (the kernel knows no such inode) goes back as it is: `fs` decides whether a
+        // reply on its way could still make one.
+        self.0.inval_inode(INodeNo(ino), -1, 0)
     }
 }
 

@@ -17,7 +17,7 @@ use super::error::err;
 use super::{Fs, LEASE_TRUST, Lease, RECALL_SIGNAL_CHECK, Result};
 use crate::keys::SessionName;
 use crate::lock::{self, Cluster, FileLocks, Mode, Request, Todo};
-use crate::store::{Acquired, Claim, Event, Fence, Loaded, Store, Written, fresh_token};
+use crate::store::{Acquired, Claim, Event, Fence, Loaded, Renewed, Store, Written, fresh_token};
 
 fn epoch_or(e: Option<u64>) -> u64 {
     e.unwrap_or(u64::MAX)
@@ -176,26 +176,63 @@ impl<S: Store> Fs<S> {
             }
             Event::Wanted(name) => {
                 self.counters.recalls.fetch_add(1, Ordering::Relaxed);
-                let todos: Vec<(u64, Todo)> = {
-                    let mut t = self.locks();
-                    t.files
-                        .iter_mut()
-                        .filter(|(_, (n, _))| *n == name)
-                        .map(|(ino, (_, l))| (*ino, l.wanted()))
-                        .collect()
-                };
-                for (ino, todo) in todos {
-                    if let Some(l) = self
-                        .state()
-                        .inodes
-                        .get_mut(&ino)
-                        .and_then(|i| i.lease.as_mut())
-                    {
-                        l.recalled = true;
-                    }
-                    self.run_todo(ino, todo);
+                let inos: Vec<u64> = self
+                    .locks()
+                    .files
+                    .iter()
+                    .filter(|(_, (n, _))| *n == name)
+                    .map(|(ino, _)| *ino)
+                    .collect();
+                for ino in inos {
+                    self.wanted_here(ino);
                 }
             }
+        }
+    }
+
+    /// Another server waits for the session of `ino`: from now on nothing of it is served from
+    /// memory or cached by the kernel (the other server may be about to change it), and the
+    /// lock goes once local users are done.
+    fn wanted_here(self: &Arc<Self>, ino: u64) {
+        let todo = {
+            let mut t = self.locks();
+            match t.files.get_mut(&ino) {
+                Some((_, l)) => l.wanted(),
+                None => return,
+            }
+        };
+        let cached = {
+            let mut st = self.state();
+            match st.inodes.get_mut(&ino) {
+                Some(i) => {
+                    if let Some(l) = i.lease.as_mut() {
+                        l.recalled = true;
+                    }
+                    i.kernel_until.take()
+                }
+                None => None,
+            }
+        };
+        if let Some(until) = cached
+            && until > Instant::now()
+            && !self.invalidate_now(ino)
+        {
+            // Left for the release to wait out.
+            if let Some(i) = self.state().inodes.get_mut(&ino) {
+                i.kernel_until = Some(i.kernel_until.map_or(until, |u| u.max(until)));
+            }
+        }
+        self.run_todo(ino, todo);
+    }
+
+    /// Takes this server's place among a session's openers back (a recall wait given up).
+    pub(super) async fn forget_opener(&self, name: &SessionName) {
+        if let Err(e) = self.store.forget_opener(name, &self.owner).await {
+            tracing::warn!(
+                session = %name,
+                "could not leave the queue of the session's lease holder ({e}); the place \
+                 expires by itself within two lock leases"
+            );
         }
     }
 
@@ -259,7 +296,7 @@ impl<S: Store> Fs<S> {
 
     /// The cluster lock was granted in `mode`, by a request sent at `sent`: exclusively held,
     /// it is a lease on the content too.
-    fn grant_lease(&self, ino: u64, mode: Mode, sent: Instant) {
+    fn grant_lease(&self, ino: u64, mode: Mode, sent: Instant, token: u64) {
         if !self.cfg.leases || mode != Mode::Exclusive {
             return;
         }
@@ -268,48 +305,67 @@ impl<S: Store> Fs<S> {
             inode.lease = Some(Lease {
                 until,
                 recalled: false,
+                token,
             });
         }
     }
 
-    fn extend_lease(&self, ino: u64, sent: Instant) {
+    fn extend_lease(&self, ino: u64, sent: Instant, token: u64) {
         let until = sent + self.cfg.lock_lease * LEASE_TRUST.0 / LEASE_TRUST.1;
         if let Some(l) = self
             .state()
             .inodes
             .get_mut(&ino)
             .and_then(|i| i.lease.as_mut())
+            .filter(|l| l.token == token)
         {
             l.until = l.until.max(until);
         }
     }
 
-    /// Ends the lease of `ino`; returns until when the kernel may still hold its attributes.
-    fn end_lease(&self, ino: u64) -> Option<Instant> {
+    /// Ends the lease of `ino` if it is the holding `token`'s; returns until when the kernel
+    /// may still hold the file's attributes.
+    fn end_lease(&self, ino: u64, token: u64) -> Option<Instant> {
         let mut st = self.state();
         let inode = st.inodes.get_mut(&ino)?;
-        inode.lease = None;
+        if inode.lease.is_some_and(|l| l.token == token) {
+            inode.lease = None;
+        }
         inode.kernel_until.take()
     }
 
-    /// Empties the kernel's copy of the attributes before another server may change the file,
-    /// or, if the kernel refuses, waits until it expires. Called from the releasing task, never
-    /// a request handler, with no lock held (fuse-facts.md 14); `KernelCache::invalidate` does
-    /// not wait on any request, so it is called in place: a hop to a blocking thread cost
-    /// every lock hand-off between servers a CPU wake-up.
-    async fn empty_kernel_cache(&self, ino: u64, until: Option<Instant>) {
-        let Some(until) = until else { return };
-        if until <= Instant::now() {
-            return;
-        }
-        if let Some(k) = self.kernel.get() {
-            match k.invalidate(ino) {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(
+    /// Drops the kernel's cached attributes of `ino` now; false if that failed and they must be
+    /// waited out. `KernelCache::invalidate` waits on no request, so this runs in place, from
+    /// a task that holds no lock, never a request handler (fuse-facts.md 14).
+    fn invalidate_now(&self, ino: u64) -> bool {
+        let Some(k) = self.kernel.get() else {
+            return false;
+        };
+        match k.invalidate(ino) {
+            Ok(()) => true,
+            // The kernel has no such inode, and no reply that could make one is on its way.
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && self.state().inodes.get(&ino).is_none_or(|i| i.lookups == 0) =>
+            {
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
                     ino,
                     "invalidating the kernel's attributes: {e}; waiting for them to expire"
-                ),
+                );
+                false
             }
+        }
+    }
+
+    /// Empties the kernel's copy of the attributes before another server may change the file,
+    /// or, if that fails, waits until it expires.
+    async fn empty_kernel_cache(&self, ino: u64, until: Option<Instant>) {
+        let Some(until) = until else { return };
+        if until <= Instant::now() || self.invalidate_now(ino) {
+            return;
         }
         tokio::time::sleep_until(until.into()).await;
     }
@@ -490,7 +546,7 @@ impl<S: Store> Fs<S> {
                 };
                 match outcome {
                     Ok(todo) => {
-                        self.grant_lease(ino, mode, sent);
+                        self.grant_lease(ino, mode, sent, token);
                         self.spawn_renewal(ino, name.clone(), token, mode);
                         self.run_todo(ino, todo);
                         Ok(())
@@ -630,7 +686,7 @@ impl<S: Store> Fs<S> {
         token: u64,
         mounted: bool,
     ) {
-        let kernel_until = self.end_lease(ino);
+        let kernel_until = self.end_lease(ino, token);
         if let Err(e) = self.persist(ino, None).await {
             tracing::error!(session = %name, "before releasing the lock: {e}");
         }
@@ -727,7 +783,7 @@ impl<S: Store> Fs<S> {
             };
             match todo {
                 Some(todo) => {
-                    self.grant_lease(ino, mode, sent);
+                    self.grant_lease(ino, mode, sent, token);
                     self.spawn_renewal(ino, name, token, mode);
                     self.run_todo(ino, todo);
                 }
@@ -779,11 +835,23 @@ impl<S: Store> Fs<S> {
                 fs.flush_touch(ino).await;
                 let sent = Instant::now();
                 match fs.store.lock_renew(&name, &fs.claim(token, mode)).await {
-                    Ok(true) => fs.extend_lease(ino, sent),
-                    Ok(false) => {
+                    Ok(Renewed::Held { wanted }) => {
+                        fs.extend_lease(ino, sent, token);
+                        // Another server waits and its pushed request may have been lost.
+                        if wanted {
+                            let held = fs.locks().files.get(&ino).is_some_and(|(_, l)| {
+                                !l.wanted_elsewhere
+                                    && matches!(l.cluster, Cluster::Held { token: t, .. } if t == token)
+                            });
+                            if held {
+                                fs.wanted_here(ino);
+                            }
+                        }
+                    }
+                    Ok(Renewed::Lost) => {
                         // Redis no longer has the claim (its lease ran out, or Redis lost
                         // its data): another server may write now, so the kernel's copy goes.
-                        let cached = fs.end_lease(ino);
+                        let cached = fs.end_lease(ino, token);
                         fs.empty_kernel_cache(ino, cached).await;
                         tracing::error!(
                             session = %name,

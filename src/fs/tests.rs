@@ -864,3 +864,88 @@ async fn the_kernel_caches_a_leased_file_until_another_server_takes_it() {
     );
     b.release(fb).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_wait_for_a_lease_leaves_no_place_in_the_queue_behind() {
+    let s = store();
+    let (a, b) = (mount(&s), mount(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_st", Some(b"x")).await;
+    // A's PHP request holds the session.
+    let fa = open_existing(&a, "sess_st").await;
+    a.setlk(fa, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    // B's unlink waits for A; its process is gone (counts as signalled): EINTR.
+    let e = b.unlink(ROOT_INO, b"sess_st", u32::MAX).await.unwrap_err();
+    assert_eq!(e.errno, libc::EINTR);
+    a.release(fa).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // B's place among the openers is gone: A's next request is not held up by it (it would
+    // wait for its expiry, two lock leases = 1.2 s).
+    let t = Instant::now();
+    tokio::time::timeout(
+        Duration::from_millis(600),
+        locked_request(&a, "sess_st", None),
+    )
+    .await
+    .expect("A's next locked request was held up");
+    assert!(t.elapsed() < Duration::from_millis(600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_is_never_served_as_the_stored_content() {
+    for leases in [false, true] {
+        let s = store();
+        let a = mount_leases(&s, leases);
+        a.start().await.unwrap();
+        locked_request(&a, "sess_fc", Some(b"old")).await;
+        let fa = open_existing(&a, "sess_fc").await;
+        a.setlk(fa, libc::F_WRLCK, true, std::process::id())
+            .await
+            .unwrap();
+        a.write(fa, 0, b"new").unwrap();
+        // The store's clock passes the lock's lease: the write is fenced.
+        s.advance(Duration::from_secs(5));
+        let e = a.flush(fa, WWW.pid).await.unwrap_err();
+        assert_eq!(e.errno, libc::EIO);
+        let _ = a.release(fa).await;
+        assert_eq!(s.raw(&name("sess_fc")).unwrap(), b"old");
+        let fh = open_existing(&a, "sess_fc").await;
+        let got = a.read(fh, 0, 100).unwrap();
+        a.release(fh).await.unwrap();
+        assert_eq!(got, b"old", "served the refused write (leases {leases})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlink_waits_a_bounded_time_for_a_busy_lease_holder() {
+    let s = store();
+    let (a, b) = (mount_leases(&s, true), mount_leases(&s, true));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_ub", Some(b"x")).await;
+    let fa = open_existing(&a, "sess_ub").await;
+    a.setlk(fa, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    // A's request holds the session for as long as it likes; B's delete goes through after
+    // UNLINK_RECALL_BOUND, and A then serves nothing of it from memory.
+    let t = Instant::now();
+    b.unlink(ROOT_INO, b"sess_ub", WWW.pid).await.unwrap();
+    assert!(t.elapsed() >= UNLINK_RECALL_BOUND);
+    assert!(t.elapsed() < UNLINK_RECALL_BOUND * 5);
+    a.write(fa, 0, b"late").unwrap();
+    a.flush(fa, WWW.pid).await.unwrap();
+    a.release(fa).await.unwrap();
+    assert!(
+        s.raw(&name("sess_ub")).is_none(),
+        "a late write does not bring it back"
+    );
+    let e = a
+        .lookup(ROOT_INO, b"sess_ub", 4242)
+        .await
+        .expect_err("gone for A too");
+    assert_eq!(e.errno, libc::ENOENT);
+}

@@ -11,7 +11,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::{
     Acquired, Asker, Claim, Created, Event, Fence, Loaded, LockMode, Meta, RawStat, Record,
-    Removed, Result, Stat, Store, StoreError, StoreOptions, Written, fresh_token, now_nanos,
+    Removed, Renewed, Result, Stat, Store, StoreError, StoreOptions, Written, fresh_token,
+    now_nanos,
 };
 use crate::keys::SessionName;
 
@@ -208,15 +209,8 @@ impl MemoryStore {
             .map(|(who, h)| (who.clone(), h.1))
             .collect();
         let Some(until) = holders.iter().map(|h| h.1).min() else {
-            let wake: Vec<String> = if rec.openers.remove(asker.owner).is_some() {
-                rec.queued.keys().cloned().collect()
-            } else {
-                Vec::new()
-            };
             drop(locks);
-            for w in wake {
-                self.publish(&w, Event::Released(name.clone()));
-            }
+            self.drop_opener(name, asker.owner);
             return None;
         };
         let deadline = now + 2 * asker.lease.as_millis() as i64;
@@ -232,6 +226,22 @@ impl MemoryStore {
             self.publish(&h, Event::Wanted(name.clone()));
         }
         Some(Duration::from_millis((until - now).max(0) as u64))
+    }
+
+    /// The Redis scripts' `forget_opener`.
+    fn drop_opener(&self, name: &SessionName, owner: &str) {
+        let mut locks = self.locks();
+        let Some(rec) = locks.get_mut(name) else {
+            return;
+        };
+        if rec.openers.remove(owner).is_none() {
+            return;
+        }
+        let wake: Vec<String> = rec.queued.keys().cloned().collect();
+        drop(locks);
+        for w in wake {
+            self.publish(&w, Event::Released(name.clone()));
+        }
     }
 
     fn incarnation_ok(e: &Entry, expect: Option<u64>) -> bool {
@@ -380,10 +390,13 @@ impl Store for MemoryStore {
         Ok(Written::Done(self.stat_of(name, &e)?))
     }
 
-    async fn remove(&self, name: &SessionName, asker: Asker<'_>) -> Result<Removed> {
+    async fn remove(&self, name: &SessionName, asker: Asker<'_>, force: bool) -> Result<Removed> {
         let (now, mut entries) = self.begin()?;
         if let Some(after) = self.recall(name, asker, now) {
-            return Ok(Removed::Recalled(after));
+            if !force {
+                return Ok(Removed::Recalled(after));
+            }
+            self.drop_opener(name, asker.owner);
         }
         Ok(match entries.remove(name) {
             Some(_) => Removed::Removed,
@@ -411,6 +424,12 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<()> {
         self.begin().map(|_| ())
+    }
+
+    async fn forget_opener(&self, name: &SessionName, owner: &str) -> Result<()> {
+        let _ = self.begin()?;
+        self.drop_opener(name, owner);
+        Ok(())
     }
 
     fn round_trips(&self) -> u64 {
@@ -496,22 +515,30 @@ impl Store for MemoryStore {
         Ok(Acquired::Granted { loaded, contended })
     }
 
-    async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<bool> {
+    async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<Renewed> {
         let (now, _entries) = self.begin()?;
         let mut locks = self.locks();
         let Some(rec) = locks.get_mut(name) else {
-            return Ok(false);
+            return Ok(Renewed::Lost);
         };
+        let wanted = rec
+            .queued
+            .iter()
+            .any(|(who, q)| who != claim.owner && q.2 >= now)
+            || rec
+                .openers
+                .iter()
+                .any(|(who, o)| who != claim.owner && o.1 >= now);
         match rec.holders.get_mut(claim.owner) {
             Some(h) if h.2 == claim.token && h.1 >= now => {
                 h.1 = now + claim.lease.as_millis() as i64;
-                Ok(true)
+                Ok(Renewed::Held { wanted })
             }
             Some(h) if h.2 == claim.token => {
                 rec.holders.remove(claim.owner);
-                Ok(false)
+                Ok(Renewed::Lost)
             }
-            _ => Ok(false),
+            _ => Ok(Renewed::Lost),
         }
     }
 

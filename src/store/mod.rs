@@ -108,6 +108,15 @@ pub enum Removed {
     Recalled(Duration),
 }
 
+/// The answer to a lock renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewed {
+    /// Extended; `wanted`: other servers are queued for the session.
+    Held { wanted: bool },
+    /// The claim had already run out (or Redis lost it).
+    Lost,
+}
+
 /// The answers that may say another server's lease stands in the way.
 pub trait Recallable {
     fn recalled(&self) -> Option<Duration>;
@@ -276,12 +285,13 @@ pub trait Store: Send + Sync + 'static {
         known: Option<u64>,
     ) -> impl Future<Output = Result<Acquired>> + Send;
 
-    /// Extends the claim's lease; false if it already ran out (the claim is lost).
+    /// Extends the claim's lease, and says whether other servers wait for the session (so a
+    /// holder learns it even if their pushed request was lost).
     fn lock_renew(
         &self,
         name: &SessionName,
         claim: &Claim<'_>,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Renewed>> + Send;
 
     /// Drops this server's claim with `token` and its place in the queue, and wakes the
     /// servers queued for the session.
@@ -298,12 +308,23 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
     ) -> impl Future<Output = Result<tokio::sync::mpsc::UnboundedReceiver<Event>>> + Send;
 
-    /// Deletes the session.
+    /// Deletes the session. Refused (`Recalled`) while another server holds it under a lease,
+    /// unless `force`: then deleted anyway (the holder was asked before; its writes under the
+    /// lease then find the session gone).
     fn remove(
         &self,
         name: &SessionName,
         asker: Asker<'_>,
+        force: bool,
     ) -> impl Future<Output = Result<Removed>> + Send;
+
+    /// Drops the asker's place among the servers waiting for a lease holder to let go (a wait
+    /// given up), and wakes the servers queued for the lock.
+    fn forget_opener(
+        &self,
+        name: &SessionName,
+        owner: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// One page of the listing. Cursor 0 starts; a returned cursor of 0 means the end.
     /// A name may be listed twice (Redis SCAN's guarantee); each live session at least once.

@@ -19,7 +19,8 @@ use tokio_stream::StreamExt;
 
 use super::{
     Acquired, Asker, Claim, Created, Event, Fence, Loaded, LockMode, Meta, RawStat, Record,
-    Removed, Result, Stat, Store, StoreError, StoreOptions, Written, fresh_token, token_arg,
+    Removed, Renewed, Result, Stat, Store, StoreError, StoreOptions, Written, fresh_token,
+    token_arg,
 };
 use crate::keys::{Keys, SessionKeys, SessionName};
 
@@ -83,6 +84,16 @@ end
 /// returns the ms until the soonest of those leases runs out. Once nothing stands in the way,
 /// the opener's place is dropped and the servers queued for the lock are woken.
 const RECALL_FN: &str = r#"
+local function forget_opener(me)
+  if redis.call('HDEL', KEYS[3], 'o:' .. me) == 0 then return end
+  local flat = redis.call('HGETALL', KEYS[3])
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 2) == 'w:' then
+      redis.call('PUBLISH', 'sessfs:' .. string.sub(flat[i], 3), 'r ' .. KEYS[1])
+    end
+  end
+end
+
 local function recall(me, lease)
   local flat = redis.call('HGETALL', KEYS[3])
   if #flat == 0 then return nil end
@@ -104,14 +115,7 @@ local function recall(me, lease)
     end
   end
   if not until_ms then
-    if mine then
-      redis.call('HDEL', KEYS[3], 'o:' .. me)
-      for i = 1, #flat, 2 do
-        if string.sub(flat[i], 1, 2) == 'w:' then
-          redis.call('PUBLISH', 'sessfs:' .. string.sub(flat[i], 3), 'r ' .. KEYS[1])
-        end
-      end
-    end
+    if mine then forget_opener(me) end
     return nil
   end
   local deadline = now + 2 * lease
@@ -275,7 +279,14 @@ keep_until(now + lease)
 return {1, load(ARGV[5]), #queued}
 "#;
 
-/// KEYS: data, meta, lock. ARGV: owner, token, lease_ms. 1 if extended, 0 if the claim is gone.
+/// ARGV: owner.
+const FORGET_OPENER: &str = r#"
+forget_opener(ARGV[1])
+return 1
+"#;
+
+/// KEYS: data, meta, lock. ARGV: owner, token, lease_ms. 0 if the claim is gone, 1 if extended,
+/// 2 if extended and other servers (live entries) wait for the session.
 const LOCK_RENEW: &str = r#"
 local now = now_ms()
 local f = 'h:' .. ARGV[1]
@@ -290,6 +301,14 @@ end
 local deadline = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[3], f, m .. ':' .. deadline .. ':' .. tok)
 keep_until(deadline)
+local flat = redis.call('HGETALL', KEYS[3])
+for i = 1, #flat, 2 do
+  local kind, who = string.sub(flat[i], 1, 2), string.sub(flat[i], 3)
+  if (kind == 'w:' or kind == 'o:') and who ~= ARGV[1] then
+    local d = tonumber(string.match(flat[i + 1], ':(%d+)$'))
+    if d and d >= now then return 2 end
+  end
+end
 return 1
 "#;
 
@@ -333,10 +352,14 @@ end
 return out
 "#;
 
-/// ARGV: asker, asker's lease (ms). Returns the number of data keys deleted, or a recall.
+/// ARGV: asker, asker's lease (ms), force ('1'/''). Returns the number of data keys deleted, or
+/// a recall.
 const REMOVE: &str = r#"
 local r = recall(ARGV[1], tonumber(ARGV[2]))
-if r then return {'recall', r} end
+if r then
+  if ARGV[3] ~= '1' then return {'recall', r} end
+  forget_opener(ARGV[1])
+end
 local n = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 return n
@@ -353,6 +376,7 @@ struct Scripts {
     lock_acquire: Script,
     lock_renew: Script,
     lock_release: Script,
+    forget_opener: Script,
 }
 
 impl Scripts {
@@ -370,6 +394,7 @@ impl Scripts {
             lock_acquire: with_lib(LOCK_ACQUIRE),
             lock_renew: with_lib(LOCK_RENEW),
             lock_release: with_lib(LOCK_RELEASE),
+            forget_opener: with_lib(FORGET_OPENER),
         }
     }
 }
@@ -849,13 +874,14 @@ impl Store for RedisStore {
         Ok(Acquired::Granted { loaded, contended })
     }
 
-    async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<bool> {
+    async fn lock_renew(&self, name: &SessionName, claim: &Claim<'_>) -> Result<Renewed> {
         let k = self.keys_of(name);
         let token = token_arg(Some(claim.token));
         let lease = lease_ms(claim.lease);
         let args: [&[u8]; 3] = [claim.owner.as_bytes(), token.as_bytes(), lease.as_bytes()];
         match self.run(&self.scripts.lock_renew, &k, &args).await? {
-            Value::Int(n) => Ok(n == 1),
+            Value::Int(0) => Ok(Renewed::Lost),
+            Value::Int(n) => Ok(Renewed::Held { wanted: n == 2 }),
             v => Err(corrupt(&k.lock, format!("unexpected renew reply {v:?}"))),
         }
     }
@@ -865,6 +891,13 @@ impl Store for RedisStore {
         let token = token_arg(Some(token));
         let args: [&[u8]; 2] = [owner.as_bytes(), token.as_bytes()];
         self.run(&self.scripts.lock_release, &k, &args).await?;
+        Ok(())
+    }
+
+    async fn forget_opener(&self, name: &SessionName, owner: &str) -> Result<()> {
+        let k = self.keys_of(name);
+        self.run(&self.scripts.forget_opener, &k, &[owner.as_bytes()])
+            .await?;
         Ok(())
     }
 
@@ -890,10 +923,11 @@ impl Store for RedisStore {
         Ok(rx)
     }
 
-    async fn remove(&self, name: &SessionName, asker: Asker<'_>) -> Result<Removed> {
+    async fn remove(&self, name: &SessionName, asker: Asker<'_>, force: bool) -> Result<Removed> {
         let k = self.keys_of(name);
         let lease = lease_ms(asker.lease);
-        let args: [&[u8]; 2] = [asker.owner.as_bytes(), lease.as_bytes()];
+        let force: &[u8] = if force { b"1" } else { b"" };
+        let args: [&[u8]; 3] = [asker.owner.as_bytes(), lease.as_bytes(), force];
         let reply = self.run(&self.scripts.remove, &k, &args).await?;
         if let Some(after) = recall_in(&reply) {
             return Ok(Removed::Recalled(after));
