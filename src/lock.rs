@@ -68,8 +68,9 @@ pub enum Request {
     WouldBlock,
     /// Parked: the answer comes through the receiver.
     Wait(oneshot::Receiver<Answer>),
-    /// Non-blocking, and only the cluster can tell: try once without queueing.
-    TryCluster(Mode),
+    /// Non-blocking, and only the cluster can tell: try once without queueing. With the token
+    /// of this server's own (shared) holding, the try converts it in place.
+    TryCluster(Mode, Option<u64>),
 }
 
 #[derive(Debug)]
@@ -160,10 +161,15 @@ impl FileLocks {
             if self.local_conflict(fh, mode) || queue_ahead || self.wanted_elsewhere {
                 return (Request::WouldBlock, self.pump());
             }
-            if matches!(self.cluster, Cluster::Acquiring(_)) {
-                return (Request::WouldBlock, self.pump());
-            }
-            return (Request::TryCluster(mode), self.pump());
+            // Held here in a mode that does not cover the request (shared, wanted
+            // exclusive), with no other local holder: converted in place, under its token, so
+            // Redis never loses the holding. Being taken or let go: nothing to try yet.
+            let request = match self.cluster {
+                Cluster::None => Request::TryCluster(mode, None),
+                Cluster::Held { token, .. } => Request::TryCluster(mode, Some(token)),
+                _ => Request::WouldBlock,
+            };
+            return (request, self.pump());
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back(Waiter {
@@ -176,8 +182,22 @@ impl FileLocks {
         (Request::Wait(rx), self.pump())
     }
 
-    /// A non-blocking request's one try at the cluster succeeded.
-    pub fn try_granted(&mut self, fh: u64, token: u64, mode: Mode) -> Result<Todo, Todo> {
+    /// A non-blocking request's one try at the cluster succeeded. Ok says whether the holding
+    /// is new (it then needs renewing) or this server's own, converted.
+    pub fn try_granted(&mut self, fh: u64, token: u64, mode: Mode) -> Result<(Todo, bool), Todo> {
+        if let Cluster::Held {
+            token: t, since, ..
+        } = self.cluster
+            && t == token
+        {
+            // Redis now holds this server's claim in `mode`.
+            self.cluster = Cluster::Held { token, mode, since };
+            if self.local_conflict(fh, mode) {
+                return Err(Todo::default());
+            }
+            self.holders.push((fh, mode));
+            return Ok((self.pump(), false));
+        }
         if self.cluster != Cluster::None || self.local_conflict(fh, mode) {
             // Things changed while the try was out: give the lock back, report EWOULDBLOCK.
             return Err(Todo {
@@ -191,7 +211,7 @@ impl FileLocks {
             since: Instant::now(),
         };
         self.holders.push((fh, mode));
-        Ok(self.pump())
+        Ok((self.pump(), true))
     }
 
     /// flock(fd, LOCK_UN), or the release of the file.
@@ -601,8 +621,33 @@ mod tests {
     fn a_non_blocking_request_tries_the_cluster_once() {
         let mut l = FileLocks::default();
         let (r, _) = l.request(1, EX, false, 1);
-        assert!(matches!(r, Request::TryCluster(EX)));
-        assert!(l.try_granted(1, 9, EX).is_ok());
+        assert!(matches!(r, Request::TryCluster(EX, None)));
+        assert!(matches!(l.try_granted(1, 9, EX), Ok((_, true))));
+        assert_eq!(l.holders(), &[(1, EX)]);
+    }
+
+    #[test]
+    fn a_non_blocking_upgrade_of_a_shared_holding_converts_it_in_place() {
+        let mut l = FileLocks::default();
+        held(&mut l, SH);
+        assert!(matches!(l.request(1, SH, true, 1).0, Request::Granted));
+        // Another local reader: EWOULDBLOCK, and the shared holding stays.
+        assert!(matches!(l.request(2, SH, true, 2).0, Request::Granted));
+        assert!(matches!(l.request(1, EX, false, 1).0, Request::WouldBlock));
+        l.unlock(2);
+        // Alone now: tried under the holding's own token, never a second claim.
+        let (r, todo) = l.request(1, EX, false, 1);
+        assert!(matches!(r, Request::TryCluster(EX, Some(7))), "{r:?}");
+        assert_eq!(todo.release, None);
+        assert!(matches!(l.try_granted(1, 7, EX), Ok((_, false))));
+        assert!(matches!(
+            l.cluster,
+            Cluster::Held {
+                token: 7,
+                mode: EX,
+                ..
+            }
+        ));
         assert_eq!(l.holders(), &[(1, EX)]);
     }
 

@@ -383,3 +383,50 @@ fn a_non_blocking_lock_on_a_free_session_is_granted_and_leaves_nothing_behind() 
         start.elapsed()
     );
 }
+
+#[test]
+fn a_non_blocking_exclusive_lock_after_a_shared_reader_is_granted_and_excludes_other_mounts() {
+    require("flock", "util-linux");
+    let redis = Redis::start();
+    let a = Mount::new(&redis.url(), "");
+    let b = Mount::new(&redis.url(), "");
+    let file = a.path("sess_upgrade1");
+    std::fs::write(&file, b"x").unwrap();
+    // A reader through A (its shared cluster lock may be kept by A afterwards).
+    let reader = Command::new("flock")
+        .arg("-s")
+        .arg(&file)
+        .arg("true")
+        .status();
+    assert!(reader.unwrap().success());
+    // LOCK_EX|LOCK_NB through A: nobody else holds the session, so it is granted (A's kept
+    // shared holding is converted, never lost), and held for a while.
+    let mut holder = Bg(Command::new("flock")
+        .args(["-n", "-x"])
+        .arg(&file)
+        .args(["sleep", "3"])
+        .spawn()
+        .unwrap());
+    wait_until(
+        "A to hold the session exclusively",
+        Duration::from_secs(5),
+        || {
+            if let Ok(Some(status)) = holder.0.try_wait() {
+                panic!("flock -n -x through A gave up: {status}");
+            }
+            a.status().contains("sess_upgrade1 cluster held (Exclusive")
+        },
+    );
+    let other = Command::new("flock")
+        .args(["-n", "-s"])
+        .arg(b.path("sess_upgrade1"))
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(
+        !other.success(),
+        "a reader on B got the session A holds exclusively"
+    );
+    let done = holder.0.wait().unwrap();
+    assert!(done.success(), "the exclusive holder through A: {done}");
+}

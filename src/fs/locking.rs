@@ -88,6 +88,8 @@ pub enum LockStep {
         name: SessionName,
         fh: u64,
         mode: Mode,
+        /// This server's own holding's token, to convert it in place.
+        holding: Option<u64>,
     },
 }
 
@@ -472,11 +474,12 @@ impl<S: Store> Fs<S> {
             Request::Granted => LockStep::Done(Ok(())),
             Request::WouldBlock => LockStep::Done(Err(err!(EWOULDBLOCK, Debug, "{name}: locked"))),
             Request::Wait(rx) => LockStep::Wait { rx, name },
-            Request::TryCluster(mode) => LockStep::Try {
+            Request::TryCluster(mode, holding) => LockStep::Try {
                 ino,
                 name,
                 fh,
                 mode,
+                holding,
             },
         }
     }
@@ -503,7 +506,8 @@ impl<S: Store> Fs<S> {
                 name,
                 fh,
                 mode,
-            } => self.try_cluster(ino, &name, fh, mode).await,
+                holding,
+            } => self.try_cluster(ino, &name, fh, mode, holding).await,
         }
     }
 
@@ -514,8 +518,9 @@ impl<S: Store> Fs<S> {
         name: &SessionName,
         fh: u64,
         mode: Mode,
+        holding: Option<u64>,
     ) -> Result<()> {
-        let token = fresh_token();
+        let token = holding.unwrap_or_else(fresh_token);
         let known = self.known_version(ino);
         let epoch = self.epoch(ino);
         let sent = Instant::now();
@@ -545,15 +550,21 @@ impl<S: Store> Fs<S> {
                     l.try_granted(fh, token, mode)
                 };
                 match outcome {
-                    Ok(todo) => {
+                    Ok((todo, fresh)) => {
                         self.grant_lease(ino, mode, sent, token);
-                        self.spawn_renewal(ino, name.clone(), token, mode);
+                        // A converted holding keeps the renewal it has.
+                        if fresh {
+                            self.spawn_renewal(ino, name.clone(), token, mode);
+                        }
                         self.run_todo(ino, todo);
                         Ok(())
                     }
-                    Err(_) => {
-                        // Not this table's lock: give it back directly.
-                        if let Err(e) = self.store.lock_release(name, &self.owner, token).await {
+                    Err(todo) => {
+                        // A new claim this table cannot use goes back directly; a converted
+                        // holding stays this server's.
+                        if todo.release.is_some()
+                            && let Err(e) = self.store.lock_release(name, &self.owner, token).await
+                        {
                             tracing::warn!(session = %name, "returning a lock not used: {e}");
                         }
                         self.forget_idle_locks(ino);
