@@ -30,6 +30,16 @@ fn store() -> MemoryStore {
 }
 
 fn mount(store: &MemoryStore) -> Arc<Fs<MemoryStore>> {
+    mount_with(store, true, Duration::from_millis(600))
+}
+
+/// A mount with leases on or off; lock leases long enough that no renewal comes between the
+/// steps of a test that counts round trips.
+fn mount_leases(store: &MemoryStore, leases: bool) -> Arc<Fs<MemoryStore>> {
+    mount_with(store, leases, Duration::from_millis(3000))
+}
+
+fn mount_with(store: &MemoryStore, leases: bool, lock_lease: Duration) -> Arc<Fs<MemoryStore>> {
     Arc::new(Fs::new(
         store.clone(),
         FsConfig {
@@ -38,8 +48,8 @@ fn mount(store: &MemoryStore) -> Arc<Fs<MemoryStore>> {
             dir_mode: 0o1733,
             dir_uid: 0,
             dir_gid: 0,
-            lock_lease: Duration::from_millis(600),
-            leases: true,
+            lock_lease,
+            leases,
             batch_touches: true,
         },
     ))
@@ -670,22 +680,6 @@ async fn ls_l_stats_a_listing_page_in_one_round_trip_and_local_writes_stay_visib
     php_request(&a, "sess_ls0", Some(b"1234567")).await;
     let attr = a.lookup(ROOT_INO, b"sess_ls0", 9).await.unwrap();
     assert_eq!(attr.size, 7);
-}
-
-fn mount_leases(store: &MemoryStore, leases: bool) -> Arc<Fs<MemoryStore>> {
-    Arc::new(Fs::new(
-        store.clone(),
-        FsConfig {
-            max_size: 1000,
-            cache_size: 1 << 20,
-            dir_mode: 0o1733,
-            dir_uid: 0,
-            dir_gid: 0,
-            lock_lease: Duration::from_millis(3000),
-            leases,
-            batch_touches: true,
-        },
-    ))
 }
 
 /// One PHP request as the files handler makes it, with its flock: open (creating), flock
