@@ -18,7 +18,7 @@ use crate::keys::{DEFAULT_PREFIX, Keys};
     version,
     about = "Mounts a directory whose PHP session files live in Redis",
     after_help = "Options (-o): ttl=SECONDS prefix=STRING cache_size=BYTES max_size=BYTES \
-                  timeout=SECONDS lock_lease=SECONDS leases=on|off allow_other allow_root default_permissions password_file=PATH \
+                  timeout=SECONDS lock_lease=SECONDS leases=on|off write=through|back allow_other allow_root default_permissions password_file=PATH \
                   log=LEVEL log_file=PATH dir_mode=OCTAL uid=N gid=N. See sessfs(8)."
 )]
 pub struct Cli {
@@ -44,6 +44,7 @@ pub const OWN_OPTIONS: &[&str] = &[
     "timeout",
     "lock_lease",
     "leases",
+    "write",
     "allow_other",
     "allow_root",
     "default_permissions",
@@ -111,6 +112,8 @@ pub struct Options {
     pub lock_lease: Duration,
     /// Keep sessions (lock and content) on this server between requests until another asks.
     pub leases: bool,
+    /// Under a lease, answer close(2) at once and send the session right after (`write=back`).
+    pub write_back: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
@@ -134,6 +137,7 @@ impl Default for Options {
             timeout: Duration::from_secs(5),
             lock_lease: Duration::from_secs(5),
             leases: true,
+            write_back: false,
             allow_other: false,
             allow_root: false,
             default_permissions: false,
@@ -197,6 +201,11 @@ impl Options {
         if o.allow_other && o.allow_root {
             return Err("options allow_other and allow_root exclude each other".into());
         }
+        if o.write_back && !o.leases {
+            // Write-back lives in the lease: it is what keeps the session's lock while the
+            // write is on its way.
+            return Err("option write=back needs leases=on".into());
+        }
         Ok(o)
     }
 
@@ -226,6 +235,13 @@ impl Options {
                     "on" => true,
                     "off" => false,
                     v => return Err(format!("option leases={v}: use on or off")),
+                }
+            }
+            "write" => {
+                self.write_back = match need(value)?.as_str() {
+                    "through" => false,
+                    "back" => true,
+                    v => return Err(format!("option write={v}: use through or back")),
                 }
             }
             "prefix" => self.prefix = need(value)?,
@@ -431,6 +447,11 @@ mod tests {
         assert!(e.contains("prefix"), "{e}");
         let e = Options::parse(&["log=loud"]).unwrap_err();
         assert!(e.contains("log=loud"), "{e}");
+        let e = Options::parse(&["write=later"]).unwrap_err();
+        assert!(e.contains("write=later"), "{e}");
+        let e = Options::parse(&["write=back,leases=off"]).unwrap_err();
+        assert!(e.contains("needs leases=on"), "{e}");
+        assert!(Options::parse(&["write=back"]).unwrap().write_back);
     }
 
     #[test]

@@ -371,6 +371,7 @@ pub fn run(cli: &Cli, opts: &Options, url: &StoreUrl, notify: &mut Notify) -> Re
             dir_gid: opts.gid,
             lock_lease: opts.lock_lease,
             leases: opts.leases,
+            write_back: opts.write_back,
             batch_touches: opts.ttl >= Duration::from_secs(60),
         },
     ));
@@ -407,6 +408,7 @@ pub fn run(cli: &Cli, opts: &Options, url: &StoreUrl, notify: &mut Notify) -> Re
         prefix = opts.prefix,
         ttl = opts.ttl.as_secs(),
         leases = opts.leases,
+        write_back = opts.write_back,
         "mounted"
     );
     notify.ready();

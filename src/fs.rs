@@ -76,6 +76,9 @@ pub const ROOT_INO: u64 = 1;
 pub const STATUS_INO: u64 = 2;
 pub const STATUS_NAME: &str = ".sessfs-status";
 
+/// First pause before a failed write-back is sent again (doubling, up to a quarter lease).
+const WRITE_BACK_RETRY: Duration = Duration::from_millis(50);
+
 /// How often an open asks the store again when local changes keep overtaking the answer.
 const MAX_REVALIDATIONS: usize = 20;
 
@@ -125,6 +128,10 @@ struct Counters {
     recalls: AtomicU64,
     /// Times this server had to wait for another server's lease.
     recall_waits: AtomicU64,
+    /// close(2)s answered before their changes were sent (`write=back`).
+    written_back: AtomicU64,
+    /// Other servers' requests to send what was closed, so they can read (`write=back`).
+    read_recalls: AtomicU64,
 }
 
 /// This server holds the session's cluster lock exclusively (see the module's invariants).
@@ -185,6 +192,9 @@ pub struct FsConfig {
     /// Keep a session (its lock and content) after the last local use until another server
     /// asks for it; off: every request asks the store.
     pub leases: bool,
+    /// Under a lease, close(2) is answered at once and the changes are sent right after
+    /// (coalesced); the lease is given up only once they have landed. Needs `leases`.
+    pub write_back: bool,
     /// Batch touches under a lease (until the next renewal, a third of `lock_lease`). Only
     /// where the session lifetime is long against that delay (sessfs: ttl >= 60 s), or a
     /// touch could arrive after the session expired.
@@ -298,6 +308,19 @@ struct Inode {
     touch_pending: bool,
     /// Until when the kernel may hold attributes it was given with a TTL.
     kernel_until: Option<Instant>,
+    /// A write-back task is sending this inode's closes (`write=back`): its content stays here
+    /// after the last close until they have landed.
+    write_back: bool,
+    /// The state at the last close answered before it was sent (write-back), to be sent as it
+    /// was then: later changes of a file open here again are not the other servers' to see
+    /// before that file's own close.
+    closed: Option<Closed>,
+    /// Other servers' reads are being served (see `flush_for_readers`): closes meanwhile are
+    /// written through.
+    flushing: u32,
+    /// Held while changes are on their way to the store, so that two sends of one file
+    /// never overtake each other (a write-back task, and a flush or release of the lock).
+    sending: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Inode {
@@ -319,6 +342,10 @@ impl Inode {
             lease: None,
             touch_pending: false,
             kernel_until: None,
+            write_back: false,
+            closed: None,
+            flushing: 0,
+            sending: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -330,6 +357,13 @@ impl Inode {
 
     fn is_dirty(&self) -> bool {
         self.dirty != self.flushed
+    }
+
+    /// Changes made here are not in the store yet and their content is still here: an open
+    /// sees them, as processes on one machine share a file's page cache. (Content stays after
+    /// the last close only while a write-back is on its way.)
+    fn has_unsent(&self) -> bool {
+        self.data.is_some() && self.is_dirty()
     }
 
     fn mark_dirty(&mut self) {
@@ -358,6 +392,15 @@ impl Inode {
         self.incarnation = stat.incarnation;
         self.size = stat.size;
     }
+}
+
+/// One state of a file's content and metadata, as sent to the store.
+#[derive(Debug, Clone)]
+struct Closed {
+    data: Arc<Vec<u8>>,
+    meta: Meta,
+    /// `Inode::dirty` at that state.
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -437,7 +480,7 @@ impl State {
         let unused = self
             .inodes
             .get(&ino)
-            .is_some_and(|i| i.lookups == 0 && i.open == 0 && i.lease.is_none());
+            .is_some_and(|i| i.lookups == 0 && i.open == 0 && i.lease.is_none() && !i.write_back);
         if unused
             && let Some(inode) = self.inodes.remove(&ino)
             && let Some(name) = inode.name
@@ -848,7 +891,7 @@ impl<S: Store> Fs<S> {
             };
             // Another open file here has changes not yet sent: this open sees them, as
             // processes on one machine share a file's page cache.
-            if inode.open > 0 && inode.is_dirty() {
+            if inode.has_unsent() {
                 return Self::new_handle(&mut st, ino, flags);
             }
             name
@@ -865,11 +908,12 @@ impl<S: Store> Fs<S> {
             let epoch = self.epoch_of_ino(ino);
             let known = self.known_copy(ino, &name);
             let version = known.as_ref().map(|c| c.version);
-            let loaded = self
-                .store
-                .load(&name, version)
-                .await
-                .map_err(|e| Error::store(&name, e))?;
+            let loaded = recalling!(
+                self,
+                &name,
+                Some(caller.pid),
+                self.store.load(&name, version, self.asker())
+            )?;
             let (stat, data) = match loaded {
                 Loaded::Changed(rec) => (rec.stat, rec.data),
                 Loaded::Same(stat) => match known {
@@ -878,6 +922,9 @@ impl<S: Store> Fs<S> {
                         return Err(err!(EIO, Error, "{name}: store validated a copy not held"));
                     }
                 },
+                Loaded::Recalled(_) => {
+                    return Err(err!(EIO, Error, "{name}: load kept being recalled"));
+                }
                 Loaded::Missing if flags.create => {
                     // The kernel still had the name (deleted elsewhere since): O_CREAT makes it
                     // anew.
@@ -905,7 +952,7 @@ impl<S: Store> Fs<S> {
                 .inodes
                 .get_mut(&ino)
                 .ok_or_else(|| err!(ENOENT, Debug, "{name}: inode was forgotten during open"))?;
-            if inode.open > 0 && inode.is_dirty() {
+            if inode.has_unsent() {
                 return Self::new_handle(&mut st, ino, flags);
             }
             if Some(inode.epoch) != epoch {
@@ -933,7 +980,7 @@ impl<S: Store> Fs<S> {
             let mut st = self.state();
             let inode = st.inodes.get(&ino)?;
             let name = inode.name.clone()?;
-            if inode.open > 0 && inode.is_dirty() {
+            if inode.has_unsent() {
                 self.counters.opens.fetch_add(1, Ordering::Relaxed);
                 return Some(Self::new_handle(&mut st, ino, flags));
             }
@@ -1043,15 +1090,20 @@ impl<S: Store> Fs<S> {
             mtime: now,
             ctime: now,
         };
-        let created = self
-            .store
-            .create(&name, &meta, flags.exclusive)
-            .await
-            .map_err(|e| Error::store(&name, e))?;
+        let created = recalling!(
+            self,
+            &name,
+            Some(caller.pid),
+            self.store
+                .create(&name, &meta, flags.exclusive, self.asker())
+        )?;
         self.forget_listed(&name);
         let (stat, data) = match created {
             Created::Created(stat) => (stat, Arc::new(Vec::new())),
             Created::Exists(rec) => (rec.stat, rec.data),
+            Created::Recalled(_) => {
+                return Err(err!(EIO, Error, "{name}: create kept being recalled"));
+            }
             Created::ExistsExclusive => {
                 return Err(err!(EEXIST, Debug, "{name}: exists"));
             }
@@ -1073,7 +1125,7 @@ impl<S: Store> Fs<S> {
             .inodes
             .get_mut(&ino)
             .ok_or_else(|| err!(EIO, Error, "{name}: inode vanished"))?;
-        if !(inode.open > 0 && inode.is_dirty()) {
+        if !inode.has_unsent() {
             inode.absorb(&stat);
             inode.data = Some(data);
             inode.size = stat.size;
@@ -1171,7 +1223,12 @@ impl<S: Store> Fs<S> {
     /// process whose close waits for it, if any (a wait for another server's lease is
     /// interrupted by its signals).
     async fn persist(&self, ino: u64, pid: Option<u32>) -> Result<()> {
-        let (name, expect, data, meta, generation) = {
+        let sending = match self.state().inodes.get(&ino) {
+            Some(i) if i.is_dirty() => i.sending.clone(),
+            _ => return Ok(()),
+        };
+        let _sending = sending.lock().await;
+        let snapshot = {
             let st = self.state();
             let Some(inode) = st.inodes.get(&ino) else {
                 return Ok(());
@@ -1179,14 +1236,35 @@ impl<S: Store> Fs<S> {
             if !inode.is_dirty() {
                 return Ok(());
             }
+            let Some(data) = inode.data.clone() else {
+                return Ok(());
+            };
+            Closed {
+                data,
+                meta: inode.meta,
+                generation: inode.dirty,
+            }
+        };
+        self.send(ino, snapshot, pid).await
+    }
+
+    /// Sends one state of the file (`snapshot`); the caller holds the inode's `sending`.
+    async fn send(&self, ino: u64, snapshot: Closed, pid: Option<u32>) -> Result<()> {
+        let Closed {
+            data,
+            meta,
+            generation,
+        } = snapshot;
+        let (name, expect) = {
+            let st = self.state();
+            let Some(inode) = st.inodes.get(&ino) else {
+                return Ok(());
+            };
             let Some(name) = inode.name.clone() else {
                 // Unlinked here: its writes go nowhere, as on a local filesystem.
                 return Ok(());
             };
-            let Some(data) = inode.data.clone() else {
-                return Ok(());
-            };
-            (name, inode.incarnation, data, inode.meta, inode.dirty)
+            (name, inode.incarnation)
         };
         let token = self.fence_token(ino);
         let fence = token.map(|token| Fence {
@@ -1231,6 +1309,14 @@ impl<S: Store> Fs<S> {
             Written::Done(stat) => {
                 if let Some(inode) = st.inodes.get_mut(&ino) {
                     inode.flushed = inode.flushed.max(generation);
+                    // A close's state still to be written back is older than this one.
+                    if inode
+                        .closed
+                        .as_ref()
+                        .is_some_and(|c| c.generation <= generation)
+                    {
+                        inode.closed = None;
+                    }
                     inode.epoch += 1;
                     // The write carried the times: no touch left to send.
                     inode.touch_pending = false;
@@ -1260,10 +1346,11 @@ impl<S: Store> Fs<S> {
         }
     }
 
-    /// flush when there is nothing to send, answered inline; None when the store must be
-    /// asked.
-    pub fn flush_now(&self, fh: u64) -> Option<Result<()>> {
-        let st = self.state();
+    /// flush answered inline: when there is nothing to send, or under a lease with
+    /// `write=back` (the changes are handed to a write-back task); None when the store must
+    /// be asked. Must run inside the runtime's context (it may start a task).
+    pub fn flush_now(self: &Arc<Self>, fh: u64) -> Option<Result<()>> {
+        let mut st = self.state();
         if st.status.contains_key(&fh) {
             return Some(Ok(()));
         }
@@ -1271,10 +1358,152 @@ impl<S: Store> Fs<S> {
             Ok(ino) => ino,
             Err(e) => return Some(Err(e)),
         };
-        match st.inodes.get(&ino) {
-            Some(i) if i.is_dirty() && i.name.is_some() => None,
+        let write_back = self.cfg.write_back;
+        match st.inodes.get_mut(&ino) {
+            Some(i) if i.is_dirty() && i.name.is_some() => {
+                // Recalled, or another server's read being served: it waits for exactly
+                // these changes, send them now.
+                if !write_back || !i.leased() || i.flushing > 0 {
+                    return None;
+                }
+                let data = i.data.clone()?;
+                i.closed = Some(Closed {
+                    data,
+                    meta: i.meta,
+                    generation: i.dirty,
+                });
+                self.counters.written_back.fetch_add(1, Ordering::Relaxed);
+                if !i.write_back {
+                    i.write_back = true;
+                    let fs = self.clone();
+                    tokio::spawn(async move { fs.write_back(ino).await });
+                }
+                Some(Ok(()))
+            }
             _ => Some(Ok(())),
         }
+    }
+
+    /// Sends a file's closes after close(2) returned (`write=back`). Closes made while a send
+    /// is on its way go in the next one (the latest state only), so a burst of closes costs
+    /// one write each round. A failed send is retried while the lease lasts: the lock stays
+    /// held, so no other server can have read or changed the session meanwhile; past it, the
+    /// changes are lost (logged).
+    async fn write_back(self: Arc<Self>, ino: u64) {
+        let mut pause = WRITE_BACK_RETRY;
+        loop {
+            let Some(sending) = self.state().inodes.get(&ino).map(|i| i.sending.clone()) else {
+                return;
+            };
+            let guard = sending.lock().await;
+            let snapshot = {
+                let mut st = self.state();
+                let Some(inode) = st.inodes.get_mut(&ino) else {
+                    return;
+                };
+                match inode.closed.take() {
+                    Some(c) if c.generation > inode.flushed => Some(c),
+                    _ => {
+                        inode.write_back = false;
+                        if inode.open == 0
+                            && let Some((name, cached)) = Self::park(inode)
+                        {
+                            self.cache().put(name, cached);
+                        }
+                        st.drop_if_unused(ino);
+                        None
+                    }
+                }
+            };
+            let Some(snapshot) = snapshot else { return };
+            let sent = self.send(ino, snapshot.clone(), None).await;
+            drop(guard);
+            let Err(e) = sent else {
+                pause = WRITE_BACK_RETRY;
+                continue;
+            };
+            let retry = {
+                let mut st = self.state();
+                let Some(inode) = st.inodes.get_mut(&ino) else {
+                    return;
+                };
+                let retry = snapshot.generation > inode.flushed
+                    && inode.lease.is_some_and(|l| l.until > Instant::now());
+                if retry {
+                    // Unless a newer close came meanwhile, this one is sent again.
+                    inode.closed.get_or_insert(snapshot);
+                } else {
+                    tracing::error!(
+                        "write-back: {e}; the changes this server acknowledged at close are \
+                         lost"
+                    );
+                    inode.flushed = inode.flushed.max(snapshot.generation);
+                }
+                retry
+            };
+            if retry {
+                tracing::warn!("write-back: {e}; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(self.cfg.lock_lease / 4);
+            }
+        }
+    }
+
+    /// Another server waits to read the session this server holds in write-back mode: sends
+    /// every close answered so far, then tells the store those readers may go ahead. Closes
+    /// answered meanwhile are written through, so none can be acknowledged and still missed.
+    pub(super) async fn flush_for_readers(self: Arc<Self>, ino: u64, name: SessionName) {
+        let sending = {
+            let mut st = self.state();
+            st.inodes.get_mut(&ino).map(|i| {
+                i.flushing += 1;
+                i.sending.clone()
+            })
+        };
+        let guard = match &sending {
+            Some(s) => Some(s.lock().await),
+            None => None,
+        };
+        let snapshot = self
+            .state()
+            .inodes
+            .get_mut(&ino)
+            .and_then(|i| i.closed.take().filter(|c| c.generation > i.flushed));
+        if let Some(snapshot) = snapshot
+            && let Err(e) = self.send(ino, snapshot, None).await
+        {
+            tracing::error!("write-back for another server's read: {e}");
+        }
+        if let Err(e) = self.store.flushed_for_readers(&name, &self.owner).await {
+            tracing::warn!(
+                session = %name,
+                "could not tell the servers waiting to read the session that it is written \
+                 ({e}); they go ahead when this server's lease ends"
+            );
+        }
+        drop(guard);
+        if let Some(i) = self.state().inodes.get_mut(&ino) {
+            i.flushing = i.flushing.saturating_sub(1);
+        }
+    }
+
+    /// After the last close: moves the content out of the inode, returning it for the cache
+    /// if it is the stored version. Changes still unsent are lost now.
+    fn park(inode: &mut Inode) -> Option<(SessionName, Cached)> {
+        let data = inode.data.take();
+        if let Some(d) = &data {
+            inode.size = d.len() as u64;
+        }
+        let keep = match (&inode.name, inode.version, data) {
+            (Some(name), Some(version), Some(data)) if !inode.is_dirty() => {
+                Some((name.clone(), Cached { version, data }))
+            }
+            _ => None,
+        };
+        if inode.is_dirty() {
+            inode.flushed = inode.dirty;
+        }
+        keep
     }
 
     /// Forgets which version this server's copy of `name` is, so that it is never served as
@@ -1338,7 +1567,7 @@ impl<S: Store> Fs<S> {
                 Err(e) => return Some(Err(e)),
             };
             let inode = st.inodes.get(&ino)?;
-            if inode.open == 1 && inode.is_dirty() {
+            if inode.open == 1 && inode.is_dirty() && !inode.write_back {
                 return None;
             }
             ino
@@ -1354,23 +1583,11 @@ impl<S: Store> Fs<S> {
         st.handles.remove(&fh);
         if let Some(inode) = st.inodes.get_mut(&ino) {
             inode.open = inode.open.saturating_sub(1);
-            if inode.open == 0 {
-                let data = inode.data.take();
-                if let Some(d) = &data {
-                    inode.size = d.len() as u64;
-                }
-                let keep = match (&inode.name, inode.version, data) {
-                    (Some(name), Some(version), Some(data)) if !inode.is_dirty() => {
-                        Some((name.clone(), Cached { version, data }))
-                    }
-                    _ => None,
-                };
+            // With a write-back on its way the content stays until it has landed.
+            if inode.open == 0 && !(inode.write_back && inode.is_dirty()) {
                 // Changes that never reached the store are lost now; the error `sent` carries
                 // is logged by the edge with the session's name.
-                if inode.is_dirty() {
-                    inode.flushed = inode.dirty;
-                }
-                if let Some((name, cached)) = keep {
+                if let Some((name, cached)) = Self::park(inode) {
                     self.cache().put(name, cached);
                 }
             }
@@ -1823,12 +2040,15 @@ impl<S: Store> Fs<S> {
         let _ = writeln!(out, "server {}", self.owner);
         let _ = writeln!(
             out,
-            "counters fuse_requests={} store_round_trips={} opens={} recalls={} recall_waits={}",
+            "counters fuse_requests={} store_round_trips={} opens={} recalls={} recall_waits={} \
+             written_back={} read_recalls={}",
             c.fuse_requests.load(Ordering::Relaxed),
             self.store.round_trips(),
             c.opens.load(Ordering::Relaxed),
             c.recalls.load(Ordering::Relaxed),
             c.recall_waits.load(Ordering::Relaxed),
+            c.written_back.load(Ordering::Relaxed),
+            c.read_recalls.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             out,

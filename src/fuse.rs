@@ -433,7 +433,12 @@ impl<S: Store> Filesystem for FuseFs<S> {
     ) {
         self.fs.count_request();
         let id = req.unique().0;
-        match self.fs.flush_now(fh.0) {
+        let answered = {
+            // A write-back is handed to a task.
+            let _rt = self.rt.enter();
+            self.fs.flush_now(fh.0)
+        };
+        match answered {
             Some(Ok(())) => return reply.ok(),
             Some(Err(e)) => return reply.error(report("flush", id, &e)),
             None => {}

@@ -454,7 +454,7 @@ fn phpredis_and_the_mount_share_sessions_both_ways() {
     require("php", "php-redis");
     let redis = Redis::start();
     // phpredis does not honour sessfs' leases: a mixed fleet mounts with leases off (README).
-    let m = Mount::new(&redis.url(), "leases=off");
+    let m = Mount::new(&redis.url(), "leases=off,write=through");
     php_ok(
         &m.dir,
         "session_id('shared1'); session_start(); $_SESSION['from']='sessfs'; $_SESSION['n']=1;",

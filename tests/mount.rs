@@ -306,6 +306,7 @@ fn the_manual_page_documents_every_option_the_binary_accepts() {
             "dir_mode" => "dir_mode=1733".into(),
             "uid" | "gid" => format!("{opt}=33"),
             "leases" => "leases=off".into(),
+            "write" => "write=back".into(),
             other => other.to_string(),
         };
         sessfs::config::Options::parse(&[sample.as_str()])

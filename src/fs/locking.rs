@@ -114,6 +114,7 @@ impl<S: Store> Fs<S> {
             token,
             mode,
             lease: self.cfg.lock_lease,
+            write_back: self.cfg.write_back,
         }
     }
 
@@ -174,6 +175,28 @@ impl<S: Store> Fs<S> {
                             fs.empty_kernel_cache(ino, until).await;
                         }
                     });
+                }
+            }
+            Event::Flush(name) => {
+                self.counters.read_recalls.fetch_add(1, Ordering::Relaxed);
+                let inos: Vec<u64> = self
+                    .locks()
+                    .files
+                    .iter()
+                    .filter(|(_, (n, _))| *n == name)
+                    .map(|(ino, _)| *ino)
+                    .collect();
+                if inos.is_empty() {
+                    // Nothing held here any more: the reader may go ahead.
+                    let fs = self.clone();
+                    tokio::spawn(async move {
+                        let _ = fs.store.flushed_for_readers(&name, &fs.owner).await;
+                    });
+                    return;
+                }
+                for ino in inos {
+                    let fs = self.clone();
+                    tokio::spawn(fs.flush_for_readers(ino, name.clone()));
                 }
             }
             Event::Wanted(name) => {
@@ -616,7 +639,12 @@ impl<S: Store> Fs<S> {
                     None => return,
                 }
             };
-            match self.store.load(&name, known).await {
+            match self.store.load(&name, known, self.asker()).await {
+                // Nobody else holds the lock this server holds: no recall can come.
+                Ok(Loaded::Recalled(_)) => {
+                    tracing::error!(session = %name, "checking content after locking: recalled");
+                    return;
+                }
                 Ok(l) => {
                     loaded = l;
                     if self.apply_loaded(ino, epoch_or(now), loaded.clone()) {
@@ -653,7 +681,8 @@ impl<S: Store> Fs<S> {
                 inode.epoch += 1;
             }
             // Deleted elsewhere: the open file keeps what it has, as an unlinked file would.
-            Loaded::Missing => {}
+            // (Recalled: never the answer to a holder of the lock.)
+            Loaded::Missing | Loaded::Recalled(_) => {}
         }
         true
     }

@@ -40,6 +40,20 @@ fn mount_leases(store: &MemoryStore, leases: bool) -> Arc<Fs<MemoryStore>> {
 }
 
 fn mount_with(store: &MemoryStore, leases: bool, lock_lease: Duration) -> Arc<Fs<MemoryStore>> {
+    mount_opts(store, leases, false, lock_lease)
+}
+
+/// A mount with leases and `write=back`.
+fn mount_write_back(store: &MemoryStore) -> Arc<Fs<MemoryStore>> {
+    mount_opts(store, true, true, Duration::from_millis(3000))
+}
+
+fn mount_opts(
+    store: &MemoryStore,
+    leases: bool,
+    write_back: bool,
+    lock_lease: Duration,
+) -> Arc<Fs<MemoryStore>> {
     Arc::new(Fs::new(
         store.clone(),
         FsConfig {
@@ -50,6 +64,7 @@ fn mount_with(store: &MemoryStore, leases: bool, lock_lease: Duration) -> Arc<Fs
             dir_gid: 0,
             lock_lease,
             leases,
+            write_back,
             batch_touches: true,
         },
     ))
@@ -682,6 +697,18 @@ async fn ls_l_stats_a_listing_page_in_one_round_trip_and_local_writes_stay_visib
     assert_eq!(attr.size, 7);
 }
 
+/// close(2) as the FUSE adapter answers it: flush and release inline when memory suffices.
+async fn close(fs: &Arc<Fs<MemoryStore>>, fh: u64) {
+    match fs.flush_now(fh) {
+        Some(r) => r.unwrap(),
+        None => fs.flush(fh, WWW.pid).await.unwrap(),
+    }
+    match fs.release_now(fh) {
+        Some(r) => r.unwrap(),
+        None => fs.release(fh).await.unwrap(),
+    }
+}
+
 /// One PHP request as the files handler makes it, with its flock: open (creating), flock
 /// LOCK_EX, fstat, read, then either ftruncate(0)+pwrite of `data` or lazy_write's touch by
 /// path, close. Returns what it read.
@@ -717,8 +744,7 @@ async fn locked_request(fs: &Arc<Fs<MemoryStore>>, id: &str, data: Option<&[u8]>
     if let Some(d) = data {
         fs.write(fh, 0, d).unwrap();
     }
-    fs.flush(fh, WWW.pid).await.unwrap();
-    fs.release(fh).await.unwrap();
+    close(fs, fh).await;
     fs.forget(ino, 1);
     read
 }
@@ -942,4 +968,122 @@ async fn an_unlink_waits_a_bounded_time_for_a_busy_lease_holder() {
         .await
         .expect_err("gone for A too");
     assert_eq!(e.errno, libc::ENOENT);
+}
+
+/// Waits until a write-back brought `want` to the store.
+async fn landed(s: &MemoryStore, id: &str, want: &[u8]) {
+    let t = Instant::now();
+    while s.raw(&name(id)).as_deref() != Some(want) {
+        assert!(t.elapsed() < Duration::from_secs(3), "{id}: never landed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_back_another_server_reads_what_the_holder_closed_before_it_landed() {
+    let s = store();
+    let (a, b) = (mount_write_back(&s), mount_write_back(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_wb", Some(b"v1")).await;
+    landed(&s, "sess_wb", b"v1").await;
+    // Every write now takes 300 ms to land: A's close does not wait for it, B's open must.
+    s.set_write_delay(Duration::from_millis(300));
+    let t = Instant::now();
+    locked_request(&a, "sess_wb", Some(b"v2")).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "close waited for the write"
+    );
+    assert_eq!(s.raw(&name("sess_wb")).unwrap(), b"v1", "not landed yet");
+    let fb = open_existing(&b, "sess_wb").await;
+    assert_eq!(b.read(fb, 0, 100).unwrap(), b"v2", "a stale read");
+    b.release(fb).await.unwrap();
+    assert!(a.status_text().contains("written_back=2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_back_closes_made_while_a_write_is_on_its_way_coalesce() {
+    let s = store();
+    let a = mount_write_back(&s);
+    a.start().await.unwrap();
+    locked_request(&a, "sess_co", Some(b"0")).await;
+    landed(&s, "sess_co", b"0").await;
+    s.set_write_delay(Duration::from_millis(200));
+    let before = s.round_trips();
+    for i in 1..=5u8 {
+        let v = [b'0' + i];
+        assert_eq!(
+            locked_request(&a, "sess_co", Some(&v)).await,
+            [b'0' + i - 1],
+            "the next request reads the last close, landed or not"
+        );
+    }
+    landed(&s, "sess_co", b"5").await;
+    let writes = s.round_trips() - before;
+    assert!(writes <= 2, "{writes} writes for 5 closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_back_the_lease_is_given_up_only_once_the_write_landed() {
+    let s = store();
+    let (a, b) = (mount_write_back(&s), mount_write_back(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_wl", Some(b"a1")).await;
+    landed(&s, "sess_wl", b"a1").await;
+    s.set_write_delay(Duration::from_millis(300));
+    locked_request(&a, "sess_wl", Some(b"a2")).await;
+    // B locks without reading first (its lock carries the content check).
+    assert_eq!(locked_request(&b, "sess_wl", Some(b"b1")).await, b"a2");
+    s.set_write_delay(Duration::ZERO);
+    assert_eq!(locked_request(&a, "sess_wl", None).await, b"b1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_back_a_read_elsewhere_waits_for_the_closes_not_for_the_holders_request() {
+    let s = store();
+    let (a, b) = (mount_write_back(&s), mount_write_back(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_rb", Some(b"v1")).await;
+    landed(&s, "sess_rb", b"v1").await;
+    s.set_write_delay(Duration::from_millis(200));
+    locked_request(&a, "sess_rb", Some(b"v2")).await;
+    // A's next request is under way: locked, truncated, half written, not closed.
+    let ino = a.lookup(ROOT_INO, b"sess_rb", WWW.pid).await.unwrap().ino;
+    let fa = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    a.setlk(fa, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    let cut = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    a.setattr(ino, Some(fa), cut, WWW).await.unwrap();
+    a.write(fa, 0, b"par").unwrap();
+    let t = Instant::now();
+    let fb = tokio::time::timeout(Duration::from_secs(2), open_existing(&b, "sess_rb"))
+        .await
+        .expect("B's open waited for A's request to end");
+    assert_eq!(
+        b.read(fb, 0, 100).unwrap(),
+        b"v2",
+        "B reads A's last close, not less, not its unclosed writes"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    b.release(fb).await.unwrap();
+    a.write(fa, 3, b"tial").unwrap();
+    close(&a, fa).await;
+    s.set_write_delay(Duration::ZERO);
+    let fb = open_existing(&b, "sess_rb").await;
+    assert_eq!(b.read(fb, 0, 100).unwrap(), b"partial");
+    b.release(fb).await.unwrap();
+    let status = a.status_text();
+    let asked: u64 = status
+        .split_once("read_recalls=")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(asked >= 2, "each open on B asked A: {status}");
 }

@@ -2,7 +2,7 @@
 //! versions, incarnations, foreign writes), plus switches a test needs: a clock it can move,
 //! an outage it can start and end, and a phpredis-style write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -34,6 +34,10 @@ struct LockRecord {
     /// Servers waiting to open the session while another one holds it under a lease:
     /// owner -> (arrival, deadline_ms). They go before later lock claims, as shared ones.
     openers: BTreeMap<String, (u64, i64)>,
+    /// Holders whose writes may lag behind their closes (the Redis scripts' `b:<owner>`).
+    write_back: BTreeSet<String>,
+    /// Openers a write-back holder has answered: they may read (the scripts' mode 'f').
+    served: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +49,8 @@ struct Shared {
     skew_ms: AtomicI64,
     down: AtomicBool,
     round_trips: AtomicU64,
+    /// How long every write takes to land, in ms (tests of what may overtake a write).
+    write_delay_ms: AtomicU64,
 }
 
 /// Clones share one store, as several mounts share one Redis.
@@ -78,6 +84,20 @@ impl MemoryStore {
     }
 
     /// Makes every request fail as if Redis were unreachable, until called with false.
+    /// Makes every write (content or metadata) take `by` before it is applied.
+    pub fn set_write_delay(&self, by: Duration) {
+        self.shared
+            .write_delay_ms
+            .store(by.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    async fn write_delay(&self) {
+        let ms = self.shared.write_delay_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::Relaxed);
     }
@@ -199,13 +219,25 @@ impl MemoryStore {
     /// The lease check of the Redis scripts' `recall`: None when no other server holds the
     /// session exclusively; else asks the holders to let go, queues the asker as an opener, and
     /// says how long until the soonest lease runs out.
-    fn recall(&self, name: &SessionName, asker: Asker<'_>, now: i64) -> Option<Duration> {
+    fn recall(
+        &self,
+        name: &SessionName,
+        asker: Asker<'_>,
+        now: i64,
+        only_write_back: bool,
+    ) -> Option<Duration> {
         let mut locks = self.locks();
         let rec = locks.get_mut(name)?;
+        if only_write_back && rec.served.remove(asker.owner) {
+            drop(locks);
+            self.drop_opener(name, asker.owner);
+            return None;
+        }
         let holders: Vec<(String, i64)> = rec
             .holders
             .iter()
             .filter(|(who, h)| *who != asker.owner && h.0 == LockMode::Exclusive && h.1 >= now)
+            .filter(|(who, _)| !only_write_back || rec.write_back.contains(*who))
             .map(|(who, h)| (who.clone(), h.1))
             .collect();
         let Some(until) = holders.iter().map(|h| h.1).min() else {
@@ -223,7 +255,12 @@ impl MemoryStore {
             .insert(asker.owner.to_string(), (arrival, deadline));
         drop(locks);
         for (h, _) in holders {
-            self.publish(&h, Event::Wanted(name.clone()));
+            let ask = if only_write_back {
+                Event::Flush(name.clone())
+            } else {
+                Event::Wanted(name.clone())
+            };
+            self.publish(&h, ask);
         }
         Some(Duration::from_millis((until - now).max(0) as u64))
     }
@@ -234,6 +271,7 @@ impl MemoryStore {
         let Some(rec) = locks.get_mut(name) else {
             return;
         };
+        rec.served.remove(owner);
         if rec.openers.remove(owner).is_none() {
             return;
         }
@@ -257,8 +295,20 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     async fn stat(&self, name: &SessionName) -> Result<Option<Stat>> {
-        let (_, entries) = self.begin()?;
-        entries.get(name).map(|e| self.stat_of(name, e)).transpose()
+        let (now, entries) = self.begin()?;
+        let held = self.locks().get(name).is_some_and(|r| {
+            r.holders.iter().any(|(who, h)| {
+                h.0 == LockMode::Exclusive && h.1 >= now && r.write_back.contains(who)
+            })
+        });
+        let mut stat = entries
+            .get(name)
+            .map(|e| self.stat_of(name, e))
+            .transpose()?;
+        if held && let Some(st) = stat.as_mut() {
+            st.version = None;
+        }
+        Ok(stat)
     }
 
     async fn stat_many(&self, names: &[SessionName]) -> Result<Vec<Option<Stat>>> {
@@ -269,8 +319,16 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn load(&self, name: &SessionName, known: Option<u64>) -> Result<Loaded> {
-        let (_, entries) = self.begin()?;
+    async fn load(
+        &self,
+        name: &SessionName,
+        known: Option<u64>,
+        asker: Asker<'_>,
+    ) -> Result<Loaded> {
+        let (now, entries) = self.begin()?;
+        if let Some(after) = self.recall(name, asker, now, true) {
+            return Ok(Loaded::Recalled(after));
+        }
         let Some(e) = entries.get(name) else {
             return Ok(Loaded::Missing);
         };
@@ -284,11 +342,20 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn create(&self, name: &SessionName, meta: &Meta, exclusive: bool) -> Result<Created> {
+    async fn create(
+        &self,
+        name: &SessionName,
+        meta: &Meta,
+        exclusive: bool,
+        asker: Asker<'_>,
+    ) -> Result<Created> {
         let (now, mut entries) = self.begin()?;
         if let Some(e) = entries.get(name) {
             if exclusive {
                 return Ok(Created::ExistsExclusive);
+            }
+            if let Some(after) = self.recall(name, asker, now, true) {
+                return Ok(Created::Recalled(after));
             }
             return Ok(Created::Exists(Record {
                 stat: self.stat_of(name, e)?,
@@ -315,12 +382,13 @@ impl Store for MemoryStore {
         meta: &Meta,
         asker: Asker<'_>,
     ) -> Result<Written> {
+        self.write_delay().await;
         let (now, mut entries) = self.begin()?;
         if self.fenced(name, fence, now) {
             return Ok(Written::Fenced);
         }
         if fence.is_none()
-            && let Some(after) = self.recall(name, asker, now)
+            && let Some(after) = self.recall(name, asker, now, false)
         {
             return Ok(Written::Recalled(after));
         }
@@ -356,12 +424,13 @@ impl Store for MemoryStore {
         meta: &Meta,
         asker: Asker<'_>,
     ) -> Result<Written> {
+        self.write_delay().await;
         let (now, mut entries) = self.begin()?;
         if self.fenced(name, fence, now) {
             return Ok(Written::Fenced);
         }
         if fence.is_none()
-            && let Some(after) = self.recall(name, asker, now)
+            && let Some(after) = self.recall(name, asker, now, false)
         {
             return Ok(Written::Recalled(after));
         }
@@ -392,7 +461,7 @@ impl Store for MemoryStore {
 
     async fn remove(&self, name: &SessionName, asker: Asker<'_>, force: bool) -> Result<Removed> {
         let (now, mut entries) = self.begin()?;
-        if let Some(after) = self.recall(name, asker, now) {
+        if let Some(after) = self.recall(name, asker, now, false) {
             if !force {
                 return Ok(Removed::Recalled(after));
             }
@@ -424,6 +493,21 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<()> {
         self.begin().map(|_| ())
+    }
+
+    async fn flushed_for_readers(&self, name: &SessionName, _owner: &str) -> Result<()> {
+        let _ = self.begin()?;
+        let mut locks = self.locks();
+        let Some(rec) = locks.get_mut(name) else {
+            return Ok(());
+        };
+        let wake: Vec<String> = rec.openers.keys().cloned().collect();
+        rec.served.extend(wake.iter().cloned());
+        drop(locks);
+        for w in wake {
+            self.publish(&w, Event::Released(name.clone()));
+        }
+        Ok(())
     }
 
     async fn forget_opener(&self, name: &SessionName, owner: &str) -> Result<()> {
@@ -497,6 +581,11 @@ impl Store for MemoryStore {
             claim.owner.to_string(),
             (claim.mode, now + lease, claim.token),
         );
+        if claim.write_back && claim.mode == LockMode::Exclusive {
+            rec.write_back.insert(claim.owner.to_string());
+        } else {
+            rec.write_back.remove(claim.owner);
+        }
         drop(locks);
         let loaded = match entries.get(name) {
             None => Loaded::Missing,
@@ -550,6 +639,7 @@ impl Store for MemoryStore {
         };
         if rec.holders.get(owner).is_some_and(|h| h.2 == token) {
             rec.holders.remove(owner);
+            rec.write_back.remove(owner);
         }
         rec.queued.remove(owner);
         let wake: Vec<String> = rec

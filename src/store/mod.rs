@@ -75,6 +75,9 @@ pub enum Loaded {
     /// The copy is current; here is the rest of the state.
     Same(Stat),
     Changed(Record),
+    /// Another server holds the session in write-back mode and may have changes on their way:
+    /// it was asked to send them and let go; ask again after its release (or this long).
+    Recalled(Duration),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +87,8 @@ pub enum Created {
     Exists(Record),
     /// The name was taken and the caller asked for O_EXCL.
     ExistsExclusive,
+    /// The name was taken by a server holding it in write-back mode: as `Loaded::Recalled`.
+    Recalled(Duration),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +136,24 @@ impl Recallable for Written {
     }
 }
 
+impl Recallable for Loaded {
+    fn recalled(&self) -> Option<Duration> {
+        match self {
+            Loaded::Recalled(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+impl Recallable for Created {
+    fn recalled(&self) -> Option<Duration> {
+        match self {
+            Created::Recalled(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
 impl Recallable for Removed {
     fn recalled(&self) -> Option<Duration> {
         match self {
@@ -166,6 +189,9 @@ pub struct Claim<'a> {
     pub mode: LockMode,
     /// How long the claim lives unless renewed.
     pub lease: Duration,
+    /// The holder answers close(2) before its writes land (`write=back`): another server's
+    /// load or create must recall it first, or it could read what those writes replace.
+    pub write_back: bool,
 }
 
 /// What a write carries when made under a cluster lock.
@@ -193,6 +219,9 @@ pub enum Event {
     Released(SessionName),
     /// Another server waits for a lock this server holds.
     Wanted(SessionName),
+    /// Another server waits to read a session this server holds in write-back mode: send
+    /// what was closed, then `flushed_for_readers`.
+    Flush(SessionName),
     /// Events may have been lost (reconnection): every waiter tries again.
     Resync,
 }
@@ -237,19 +266,22 @@ pub trait Store: Send + Sync + 'static {
         names: &[SessionName],
     ) -> impl Future<Output = Result<Vec<Option<Stat>>>> + Send;
 
-    /// The content unless `known` is still the stored version.
+    /// The content unless `known` is still the stored version. `Recalled` while another
+    /// server holds the session in write-back mode (see `Claim::write_back`).
     fn load(
         &self,
         name: &SessionName,
         known: Option<u64>,
+        asker: Asker<'_>,
     ) -> impl Future<Output = Result<Loaded>> + Send;
 
-    /// Creates an empty session, or reports the one already there.
+    /// Creates an empty session, or reports the one already there (`Recalled` as `load`).
     fn create(
         &self,
         name: &SessionName,
         meta: &Meta,
         exclusive: bool,
+        asker: Asker<'_>,
     ) -> impl Future<Output = Result<Created>> + Send;
 
     /// Replaces the content and metadata and refreshes the TTL, if the session is still the
@@ -317,6 +349,14 @@ pub trait Store: Send + Sync + 'static {
         asker: Asker<'_>,
         force: bool,
     ) -> impl Future<Output = Result<Removed>> + Send;
+
+    /// The holder `owner` has sent every close it acknowledged: the servers now waiting to
+    /// read the session (its openers) may load it, and are woken.
+    fn flushed_for_readers(
+        &self,
+        name: &SessionName,
+        owner: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Drops the asker's place among the servers waiting for a lease holder to let go (a wait
     /// given up), and wakes the servers queued for the lock.

@@ -79,7 +79,7 @@ end
 "#;
 
 /// Nil when no other server holds KEYS[3] exclusively (a lease: it may serve the session from
-/// memory). Otherwise asks each such holder to let go, queues `me` as an opener (`o:<me>` =
+/// memory; with `only_write_back`, a lease whose writes may still be on their way, `b:<owner>`). Otherwise asks each such holder to let go, queues `me` as an opener (`o:<me>` =
 /// arrival_us:s:deadline, so a release wakes it and no server takes the lock before it), and
 /// returns the ms until the soonest of those leases runs out. Once nothing stands in the way,
 /// the opener's place is dropped and the servers queued for the lock are woken.
@@ -94,9 +94,19 @@ local function forget_opener(me)
   end
 end
 
-local function recall(me, lease)
+local function recall(me, lease, only_write_back)
   local flat = redis.call('HGETALL', KEYS[3])
   if #flat == 0 then return nil end
+  if only_write_back then
+    -- The holders answered this reader's request (see FLUSHED): it loads now.
+    local o = redis.call('HGET', KEYS[3], 'o:' .. me)
+    if o and string.match(o, '^%d+:f:') then
+      forget_opener(me)
+      return nil
+    end
+  end
+  local ask = 'w '
+  if only_write_back then ask = 'f ' end
   local now, now_us = now_ms()
   local until_ms = nil
   local mine = nil
@@ -106,9 +116,10 @@ local function recall(me, lease)
     if kind == 'h:' and who ~= me then
       local m, d = string.match(v, '^(%a):(%d+):')
       d = tonumber(d)
-      if m == 'e' and d and d >= now then
+      if m == 'e' and d and d >= now
+         and ((not only_write_back) or redis.call('HEXISTS', KEYS[3], 'b:' .. who) == 1) then
         if (not until_ms) or d < until_ms then until_ms = d end
-        redis.call('PUBLISH', 'sessfs:' .. who, 'w ' .. KEYS[1])
+        redis.call('PUBLISH', 'sessfs:' .. who, ask .. KEYS[1])
       end
     elseif kind == 'o:' and who == me then
       mine = string.match(v, '^(%d+):')
@@ -125,15 +136,31 @@ local function recall(me, lease)
 end
 "#;
 
+/// A session held in write-back mode (a live `b:` holder) reports no version: its stored
+/// content may be older than what the holder acknowledged, so no copy is validated by a stat
+/// (an open then loads, and the load asks the holder first).
 const STAT: &str = r#"
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x == -2 then return false end
-return st(x)
+local s = st(x)
+local now = now_ms()
+local flat = redis.call('HGETALL', KEYS[3])
+for i = 1, #flat, 2 do
+  if string.sub(flat[i], 1, 2) == 'b:' then
+    local v = redis.call('HGET', KEYS[3], 'h:' .. string.sub(flat[i], 3))
+    local d = v and tonumber(string.match(v, '^e:(%d+):'))
+    if d and d >= now then s[3] = false end
+  end
+end
+return s
 "#;
 
-/// ARGV[1]: the version the caller has, or ''. Content is sent unless that version is current
-/// and the session was last written by sessfs (recorded expiry and length still match).
+/// ARGV[1]: the version the caller has, or ''; ARGV[2], ARGV[3]: asker and its lease (ms).
+/// Content is sent unless that version is current and the session was last written by sessfs
+/// (recorded expiry and length still match). A write-back holder is recalled first.
 const LOAD: &str = r#"
+local r = recall(ARGV[2], tonumber(ARGV[3]), true)
+if r then return {'recall', r} end
 return load(ARGV[1])
 "#;
 
@@ -148,11 +175,14 @@ local function put_meta(v, i)
 end
 "#;
 
-/// ARGV: exclusive ('1'/''), version, incarnation, mode, uid, gid, mt, ct, ttl_ms.
+/// ARGV: exclusive ('1'/''), version, incarnation, mode, uid, gid, mt, ct, ttl_ms, asker,
+/// asker's lease (ms).
 const CREATE: &str = r#"
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x ~= -2 then
   if ARGV[1] == '1' then return 0 end
+  local r = recall(ARGV[10], tonumber(ARGV[11]), true)
+  if r then return {'recall', r} end
   return {st(x), redis.call('GET', KEYS[1])}
 end
 redis.call('SET', KEYS[1], '', 'PX', ARGV[9])
@@ -207,7 +237,8 @@ return put_meta(v, i)
 "#;
 
 /// KEYS: data, meta, lock. ARGV: owner, token, mode ('e'/'s'), lease_ms, known version, queue
-/// ('1' to wait in line when denied). The lock hash holds `h:<owner>` = mode:deadline:token for
+/// ('1' to wait in line when denied), write-back ('1': `b:<owner>` marks the holding, see
+/// recall). The lock hash holds `h:<owner>` = mode:deadline:token for
 /// each holding server and `w:<owner>` = arrival_us:mode:deadline for each queued one; entries
 /// past their deadline are dead and swept here. A claim is denied while another server holds a
 /// conflicting mode, or queued earlier for one. Holders are told someone waits (recall).
@@ -229,7 +260,7 @@ for i = 1, #flat, 2 do
     local m, d = string.match(v, '^(%a):(%d+):')
     d = tonumber(d)
     if (not d) or d < now then
-      redis.call('HDEL', KEYS[3], f)
+      redis.call('HDEL', KEYS[3], f, 'b:' .. who)
     elseif who ~= me then
       table.insert(holders, who)
       if want == 'e' or m == 'e' then
@@ -274,9 +305,28 @@ if conflict then
 end
 redis.call('HDEL', KEYS[3], 'w:' .. me)
 redis.call('HSET', KEYS[3], 'h:' .. me, want .. ':' .. (now + lease) .. ':' .. ARGV[2])
+if ARGV[7] == '1' and want == 'e' then
+  redis.call('HSET', KEYS[3], 'b:' .. me, '1')
+else
+  redis.call('HDEL', KEYS[3], 'b:' .. me)
+end
 keep_until(now + lease)
 -- Others still queued: the new holder must know, or it would keep the lock for itself.
 return {1, load(ARGV[5]), #queued}
+"#;
+
+/// ARGV: the holder. It has sent what it closed: every waiting reader (an `o:` entry) is marked
+/// served (mode 'f', which its next LOAD takes as leave to read) and woken.
+const FLUSHED: &str = r#"
+local flat = redis.call('HGETALL', KEYS[3])
+for i = 1, #flat, 2 do
+  if string.sub(flat[i], 1, 2) == 'o:' then
+    local a, d = string.match(flat[i + 1], '^(%d+):%a:(%d+)$')
+    if a then redis.call('HSET', KEYS[3], flat[i], a .. ':f:' .. d) end
+    redis.call('PUBLISH', 'sessfs:' .. string.sub(flat[i], 3), 'r ' .. KEYS[1])
+  end
+end
+return 1
 "#;
 
 /// ARGV: owner.
@@ -295,7 +345,7 @@ if not v then return 0 end
 local m, d, tok = string.match(v, '^(%a):(%d+):(.+)$')
 if tok ~= ARGV[2] then return 0 end
 if tonumber(d) < now then
-  redis.call('HDEL', KEYS[3], f)
+  redis.call('HDEL', KEYS[3], f, 'b:' .. ARGV[1])
   return 0
 end
 local deadline = now + tonumber(ARGV[3])
@@ -317,7 +367,9 @@ return 1
 const LOCK_RELEASE: &str = r#"
 local f = 'h:' .. ARGV[1]
 local v = redis.call('HGET', KEYS[3], f)
-if v and string.match(v, '^%a:%d+:(.+)$') == ARGV[2] then redis.call('HDEL', KEYS[3], f) end
+if v and string.match(v, '^%a:%d+:(.+)$') == ARGV[2] then
+  redis.call('HDEL', KEYS[3], f, 'b:' .. ARGV[1])
+end
 redis.call('HDEL', KEYS[3], 'w:' .. ARGV[1])
 local flat = redis.call('HGETALL', KEYS[3])
 if #flat == 0 then return 1 end
@@ -377,6 +429,7 @@ struct Scripts {
     lock_renew: Script,
     lock_release: Script,
     forget_opener: Script,
+    flushed: Script,
 }
 
 impl Scripts {
@@ -395,6 +448,7 @@ impl Scripts {
             lock_renew: with_lib(LOCK_RENEW),
             lock_release: with_lib(LOCK_RELEASE),
             forget_opener: with_lib(FORGET_OPENER),
+            flushed: with_lib(FLUSHED),
         }
     }
 }
@@ -467,6 +521,10 @@ async fn listen(
                     .strip_prefix(b" ")
                     .and_then(|k| keys.name_of_key(k))
                     .map(Event::Wanted),
+                Some((b'f', rest)) => rest
+                    .strip_prefix(b" ")
+                    .and_then(|k| keys.name_of_key(k))
+                    .map(Event::Flush),
                 _ => None,
             };
             if let Some(e) = event
@@ -748,22 +806,37 @@ impl Store for RedisStore {
             .collect())
     }
 
-    async fn load(&self, name: &SessionName, known: Option<u64>) -> Result<Loaded> {
+    async fn load(
+        &self,
+        name: &SessionName,
+        known: Option<u64>,
+        asker: Asker<'_>,
+    ) -> Result<Loaded> {
         let k = self.keys_of(name);
         let known = token_arg(known);
-        let reply = self
-            .run(&self.scripts.load, &k, &[known.as_bytes()])
-            .await?;
+        let lease = lease_ms(asker.lease);
+        let args: [&[u8]; 3] = [known.as_bytes(), asker.owner.as_bytes(), lease.as_bytes()];
+        let reply = self.run(&self.scripts.load, &k, &args).await?;
+        if let Some(after) = recall_in(&reply) {
+            return Ok(Loaded::Recalled(after));
+        }
         self.decode_load(reply, &k.data)
     }
 
-    async fn create(&self, name: &SessionName, meta: &Meta, exclusive: bool) -> Result<Created> {
+    async fn create(
+        &self,
+        name: &SessionName,
+        meta: &Meta,
+        exclusive: bool,
+        asker: Asker<'_>,
+    ) -> Result<Created> {
         let k = self.keys_of(name);
         let [mode, uid, gid, mt, ct, ttl] = self.meta_args(meta);
         let version = token_arg(Some(fresh_token()));
         let incarnation = token_arg(Some(fresh_token()));
         let excl: &[u8] = if exclusive { b"1" } else { b"" };
-        let args: [&[u8]; 9] = [
+        let lease = lease_ms(asker.lease);
+        let args: [&[u8]; 11] = [
             excl,
             version.as_bytes(),
             incarnation.as_bytes(),
@@ -773,15 +846,23 @@ impl Store for RedisStore {
             mt.as_bytes(),
             ct.as_bytes(),
             ttl.as_bytes(),
+            asker.owner.as_bytes(),
+            lease.as_bytes(),
         ];
         // The script answers 0 for O_EXCL on an existing name, {stat} when it created the
-        // session, and {stat, content} for the session already there.
-        match self.run(&self.scripts.create, &k, &args).await? {
+        // session, {stat, content} for the session already there, or a recall.
+        let reply = self.run(&self.scripts.create, &k, &args).await?;
+        if let Some(after) = recall_in(&reply) {
+            return Ok(Created::Recalled(after));
+        }
+        match reply {
             Value::Int(0) => Ok(Created::ExistsExclusive),
             reply => match self.decode_load(reply, &k.data)? {
                 Loaded::Same(stat) => Ok(Created::Created(stat)),
                 Loaded::Changed(rec) => Ok(Created::Exists(rec)),
-                Loaded::Missing => Err(corrupt(&k.data, "create reply without a session")),
+                Loaded::Missing | Loaded::Recalled(_) => {
+                    Err(corrupt(&k.data, "create reply without a session"))
+                }
             },
         }
     }
@@ -843,13 +924,15 @@ impl Store for RedisStore {
         let lease = lease_ms(claim.lease);
         let known = token_arg(known);
         let queue: &[u8] = if queue { b"1" } else { b"" };
-        let args: [&[u8]; 6] = [
+        let write_back: &[u8] = if claim.write_back { b"1" } else { b"" };
+        let args: [&[u8]; 7] = [
             claim.owner.as_bytes(),
             token.as_bytes(),
             mode,
             lease.as_bytes(),
             known.as_bytes(),
             queue,
+            write_back,
         ];
         let reply = self.run(&self.scripts.lock_acquire, &k, &args).await?;
         let Value::Array(mut items) = reply else {
@@ -891,6 +974,13 @@ impl Store for RedisStore {
         let token = token_arg(Some(token));
         let args: [&[u8]; 2] = [owner.as_bytes(), token.as_bytes()];
         self.run(&self.scripts.lock_release, &k, &args).await?;
+        Ok(())
+    }
+
+    async fn flushed_for_readers(&self, name: &SessionName, owner: &str) -> Result<()> {
+        let k = self.keys_of(name);
+        self.run(&self.scripts.flushed, &k, &[owner.as_bytes()])
+            .await?;
         Ok(())
     }
 
