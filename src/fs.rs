@@ -117,6 +117,21 @@ pub trait KernelCache: Send + Sync + 'static {
     /// Drops the kernel's cached attributes of inode `ino`. Must not wait for any request
     /// (attributes only: no page range, no directory entry), since it runs on the runtime.
     fn invalidate(&self, ino: u64) -> std::io::Result<()>;
+    /// Drops the kernel's cached pages (and attributes) of inode `ino`. Waits for reads of
+    /// those pages in flight, so it runs on the runtime with no lock a request handler needs.
+    fn invalidate_pages(&self, ino: u64) -> std::io::Result<()>;
+}
+
+/// How the kernel may cache an open file's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCache {
+    /// Every read and write comes to the daemon (O_APPEND, whose offset the daemon decides;
+    /// the status file, whose size changes between stats).
+    Direct,
+    /// The kernel drops what it cached of the file at this open and caches afresh.
+    Fresh,
+    /// The kernel keeps its cached pages: they are this server's content under its lease.
+    Keep,
 }
 
 /// Counters for `sessfs status` and the benchmark.
@@ -318,6 +333,10 @@ struct Inode {
     /// Other servers' reads are being served (see `flush_for_readers`): closes meanwhile are
     /// written through.
     flushing: u32,
+    /// The kernel's page cache of the file agrees with `data`: it was emptied at an open
+    /// since, and the content changed only through the kernel (writes, truncations) after.
+    /// Any other change (a load, a grant's content check, a refused write) clears it.
+    pages_valid: bool,
     /// Held while changes are on their way to the store, so that two sends of one file
     /// never overtake each other (a write-back task, and a flush or release of the lock).
     sending: Arc<tokio::sync::Mutex<()>>,
@@ -345,6 +364,7 @@ impl Inode {
             write_back: false,
             closed: None,
             flushing: 0,
+            pages_valid: false,
             sending: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -386,6 +406,7 @@ impl Inode {
         self.epoch += 1;
         if self.version != stat.version || stat.version.is_none() {
             self.data = None;
+            self.pages_valid = false;
         }
         self.meta = stat.meta;
         self.version = stat.version;
@@ -407,6 +428,7 @@ struct Closed {
 struct Handle {
     ino: u64,
     append: bool,
+    cache: PageCache,
 }
 
 /// An open directory: one page of names at a time, so listing a million sessions costs the
@@ -858,7 +880,19 @@ impl<S: Store> Fs<S> {
             inode.meta.mtime = now;
             inode.meta.ctime = now;
             inode.mark_dirty();
+            inode.pages_valid = false;
         }
+        let cache = if flags.append {
+            inode.pages_valid = false;
+            PageCache::Direct
+        } else if inode.pages_valid && inode.leased() {
+            PageCache::Keep
+        } else {
+            // The kernel empties its cache of the file at this open: from here on what it
+            // caches is read from `data`.
+            inode.pages_valid = true;
+            PageCache::Fresh
+        };
         inode.open += 1;
         let fh = st.fresh_fh();
         st.handles.insert(
@@ -866,6 +900,7 @@ impl<S: Store> Fs<S> {
             Handle {
                 ino,
                 append: flags.append,
+                cache,
             },
         );
         Ok(fh)
@@ -961,6 +996,7 @@ impl<S: Store> Fs<S> {
             inode.absorb(&stat);
             inode.data = Some(data);
             inode.size = stat.size;
+            inode.pages_valid = false;
             return Self::new_handle(&mut st, ino, flags);
         }
         Err(err!(
@@ -1130,6 +1166,7 @@ impl<S: Store> Fs<S> {
             inode.data = Some(data);
             inode.size = stat.size;
             inode.epoch += 1;
+            inode.pages_valid = false;
         }
         inode.lookups += 1;
         let fh = Self::new_handle(&mut st, ino, flags)?;
@@ -1139,6 +1176,14 @@ impl<S: Store> Fs<S> {
             .ok_or_else(|| err!(EIO, Error, "{name}: inode vanished"))?;
         let attr = self.kernel_attr(ino, inode);
         Ok((attr, fh))
+    }
+
+    /// How the kernel may cache the content of the file opened as `fh`.
+    pub fn page_cache(&self, fh: u64) -> PageCache {
+        self.state()
+            .handles
+            .get(&fh)
+            .map_or(PageCache::Direct, |h| h.cache)
     }
 
     fn handle_ino(st: &State, fh: u64) -> Result<u64> {
@@ -1511,6 +1556,7 @@ impl<S: Store> Fs<S> {
     fn distrust(&self, ino: u64, name: &SessionName) {
         if let Some(inode) = self.state().inodes.get_mut(&ino) {
             inode.version = None;
+            inode.pages_valid = false;
         }
         self.cache().remove(name);
     }

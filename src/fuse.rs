@@ -22,7 +22,9 @@ use tracing::Instrument;
 
 use crate::fs::error::Level;
 use crate::fs::locking::LockStep;
-use crate::fs::{Attr, Caller, Error, Fs, Kind, OpenFlags, SetAttr, SetTime, SetattrStep};
+use crate::fs::{
+    Attr, Caller, Error, Fs, Kind, OpenFlags, PageCache, SetAttr, SetTime, SetattrStep,
+};
 use crate::store::Store;
 
 /// Entries and attributes are cached by the kernel only as long as `fs` says
@@ -49,6 +51,11 @@ impl crate::fs::KernelCache for Kernel {
         // ENOENT (the kernel knows no such inode) goes back as it is: `fs` decides whether a
         // reply on its way could still make one.
         self.0.inval_inode(INodeNo(ino), -1, 0)
+    }
+
+    fn invalidate_pages(&self, ino: u64) -> std::io::Result<()> {
+        // Offset 0, length 0: the whole file's pages, and its attributes.
+        self.0.inval_inode(INodeNo(ino), 0, 0)
     }
 }
 
@@ -105,9 +112,16 @@ fn report(op: &str, req: u64, e: &Error) -> Errno {
     Errno::from_i32(e.errno)
 }
 
-/// Every open file is answered with direct I/O: reads and writes come to this daemon, so the
-/// kernel never serves a page that another server has since replaced.
-const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
+/// How an open is answered: the kernel keeps its cached pages only where `fs` vouches for them
+/// (under a lease, unchanged but through the kernel); otherwise it drops them at the open, so it
+/// never serves a page another server has since replaced.
+fn open_flags(cache: PageCache) -> FopenFlags {
+    match cache {
+        PageCache::Direct => FopenFlags::FOPEN_DIRECT_IO,
+        PageCache::Fresh => FopenFlags::empty(),
+        PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+    }
+}
 
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
@@ -372,7 +386,9 @@ impl<S: Store> Filesystem for FuseFs<S> {
         let id = req.unique().0;
         let flags = OpenFlags::from_raw(flags.0);
         match self.fs.open_now(ino.0, flags) {
-            Some(Ok(fh)) => return reply.opened(FileHandle(fh), OPEN_FLAGS),
+            Some(Ok(fh)) => {
+                return reply.opened(FileHandle(fh), open_flags(self.fs.page_cache(fh)));
+            }
             Some(Err(e)) => return reply.error(report("open", id, &e)),
             None => {}
         }
@@ -380,7 +396,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
         let who = caller(req);
         self.spawn("open", req, async move {
             match fs.open(ino.0, flags, who).await {
-                Ok(fh) => reply.opened(FileHandle(fh), OPEN_FLAGS),
+                Ok(fh) => reply.opened(FileHandle(fh), open_flags(fs.page_cache(fh))),
                 Err(e) => reply.error(report("open", id, &e)),
             }
         });
@@ -668,7 +684,7 @@ impl<S: Store> Filesystem for FuseFs<S> {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    OPEN_FLAGS,
+                    open_flags(fs.page_cache(fh)),
                 ),
                 Err(e) => reply.error(report("create", id, &e)),
             }

@@ -626,7 +626,25 @@ impl<S: Store> Fs<S> {
     /// Takes in the content check that came with a cluster lock, if nothing changed here
     /// while it was on its way; otherwise checks again with a plain load (the lock is held,
     /// so that answer is final).
-    async fn absorb_loaded(&self, ino: u64, epoch: Option<u64>, mut loaded: Loaded) {
+    async fn absorb_loaded(&self, ino: u64, epoch: Option<u64>, loaded: Loaded) {
+        self.absorb_loaded_content(ino, epoch, loaded).await;
+        // New content under open files: what the kernel cached of the old one goes before
+        // the lock is granted (the files' readers read after it).
+        let stale = self
+            .state()
+            .inodes
+            .get(&ino)
+            .is_some_and(|i| i.open > 0 && !i.pages_valid);
+        if stale
+            && let Some(k) = self.kernel.get()
+            && let Err(e) = k.invalidate_pages(ino)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::error!(ino, "invalidating the kernel's cached pages: {e}");
+        }
+    }
+
+    async fn absorb_loaded_content(&self, ino: u64, epoch: Option<u64>, mut loaded: Loaded) {
         for _ in 0..super::MAX_REVALIDATIONS {
             if self.apply_loaded(ino, epoch_or(epoch), loaded) {
                 return;
@@ -677,6 +695,7 @@ impl<S: Store> Fs<S> {
                 if inode.open > 0 {
                     inode.data = Some(rec.data);
                 }
+                inode.pages_valid = false;
                 inode.size = rec.stat.size;
                 inode.epoch += 1;
             }

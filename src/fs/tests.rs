@@ -853,6 +853,11 @@ impl KernelCache for KernelLog {
         self.0.lock().unwrap().push(ino);
         Ok(())
     }
+
+    fn invalidate_pages(&self, ino: u64) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(ino);
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1086,4 +1091,57 @@ async fn with_write_back_a_read_elsewhere_waits_for_the_closes_not_for_the_holde
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(asked >= 2, "each open on B asked A: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_keeps_cached_pages_only_under_the_lease_and_only_for_content_it_saw() {
+    let s = store();
+    let (a, b) = (mount_leases(&s, true), mount_leases(&s, true));
+    let kernel = Arc::new(KernelLog::default());
+    a.set_kernel(kernel.clone());
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_pc", Some(b"one")).await;
+    let ino = a.lookup(ROOT_INO, b"sess_pc", WWW.pid).await.unwrap().ino;
+    // Under the lease, nothing but this server's own writes (through the kernel) changed it.
+    let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    assert_eq!(a.page_cache(fh), PageCache::Keep);
+    a.release(fh).await.unwrap();
+    let append = OpenFlags {
+        append: true,
+        ..OpenFlags::default()
+    };
+    let fh = a.open(ino, append, WWW).await.unwrap();
+    assert_eq!(
+        a.page_cache(fh),
+        PageCache::Direct,
+        "O_APPEND's offset is the daemon's"
+    );
+    a.release(fh).await.unwrap();
+    let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    assert_eq!(a.page_cache(fh), PageCache::Fresh, "after an append");
+    a.release(fh).await.unwrap();
+    // B takes the session and changes it; A's next open is not under a lease: fresh pages.
+    locked_request(&b, "sess_pc", Some(b"two, longer")).await;
+    let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    assert_eq!(a.page_cache(fh), PageCache::Fresh);
+    assert_eq!(a.read(fh, 0, 100).unwrap(), b"two, longer");
+    a.release(fh).await.unwrap();
+    // A opens, B changes the session meanwhile (unlocked), A's flock brings the new content:
+    // the kernel's pages of the old one are dropped before the lock is granted.
+    let fa = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    let fb = open_existing(&b, "sess_pc").await;
+    b.write(fb, 0, b"THREE").unwrap();
+    b.flush(fb, WWW.pid).await.unwrap();
+    b.release(fb).await.unwrap();
+    kernel.0.lock().unwrap().clear();
+    a.setlk(fa, libc::F_WRLCK, true, std::process::id())
+        .await
+        .unwrap();
+    assert!(
+        kernel.0.lock().unwrap().contains(&ino),
+        "pages dropped at the grant"
+    );
+    assert_eq!(a.read(fa, 0, 100).unwrap(), b"THREElonger");
+    a.release(fa).await.unwrap();
 }
