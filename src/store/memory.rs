@@ -495,12 +495,20 @@ impl Store for MemoryStore {
         self.begin().map(|_| ())
     }
 
-    async fn flushed_for_readers(&self, name: &SessionName, _owner: &str) -> Result<()> {
+    async fn flushed_for_readers(&self, name: &SessionName, owner: &str) -> Result<()> {
         let _ = self.begin()?;
         let mut locks = self.locks();
         let Some(rec) = locks.get_mut(name) else {
             return Ok(());
         };
+        // Only the holder speaks for what is pending (the scripts' FLUSHED).
+        if rec
+            .holders
+            .get(owner)
+            .is_none_or(|h| h.0 != LockMode::Exclusive)
+        {
+            return Ok(());
+        }
         let wake: Vec<String> = rec.openers.keys().cloned().collect();
         rec.served.extend(wake.iter().cloned());
         drop(locks);

@@ -316,8 +316,13 @@ return {1, load(ARGV[5]), #queued}
 "#;
 
 /// ARGV: the holder. It has sent what it closed: every waiting reader (an `o:` entry) is marked
-/// served (mode 'f', which its next LOAD takes as leave to read) and woken.
+/// served (mode 'f', which its next LOAD takes as leave to read) and woken. 0 if ARGV[1] does
+/// not hold the session exclusively (any more).
 const FLUSHED: &str = r#"
+-- Only the holder speaks for what is pending: a late answer from a former holder must not
+-- let a reader past the current one.
+local v = redis.call('HGET', KEYS[3], 'h:' .. ARGV[1])
+if not (v and string.match(v, '^e:')) then return 0 end
 local flat = redis.call('HGETALL', KEYS[3])
 for i = 1, #flat, 2 do
   if string.sub(flat[i], 1, 2) == 'o:' then
