@@ -1145,3 +1145,37 @@ async fn the_kernel_keeps_cached_pages_only_under_the_lease_and_only_for_content
     assert_eq!(a.read(fa, 0, 100).unwrap(), b"THREElonger");
     a.release(fa).await.unwrap();
 }
+
+/// The 'served' mark FLUSHED leaves for a reader is per server, not per open: an open on
+/// that server that begins after the holder's next write-back close must still not read the
+/// content from before that close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_back_a_served_mark_does_not_let_a_later_open_skip_the_holders_close() {
+    let s = store();
+    let (a, b) = (mount_write_back(&s), mount_write_back(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    let n = name("sess_fm");
+    locked_request(&a, "sess_fm", Some(b"v1")).await;
+    landed(&s, "sess_fm", b"v1").await;
+    // Process 1 on B begins an open: its LOAD finds A's write-back lease and asks A to send.
+    let asker = Asker {
+        owner: b.owner(),
+        lease: Duration::from_millis(3000),
+    };
+    let first = s.load(&n, None, asker).await.unwrap();
+    assert!(matches!(first, Loaded::Recalled(_)), "{first:?}");
+    // A answers (nothing pending): B is marked served. Process 1's retry is still on its way.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A's next request closes v2, acknowledged before it lands.
+    s.set_write_delay(Duration::from_millis(300));
+    locked_request(&a, "sess_fm", Some(b"v2")).await;
+    // Process 2 on B opens after that close returned: it must read v2.
+    let fb = open_existing(&b, "sess_fm").await;
+    assert_eq!(
+        b.read(fb, 0, 100).unwrap(),
+        b"v2",
+        "an open that began after A's close read what that close replaced"
+    );
+    b.release(fb).await.unwrap();
+}
