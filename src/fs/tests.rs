@@ -1179,3 +1179,37 @@ async fn with_write_back_a_served_mark_does_not_let_a_later_open_skip_the_holder
     );
     b.release(fb).await.unwrap();
 }
+
+/// A write-back send that fails (a Redis timeout) while another server waits to read: the
+/// reader must not be let go with the content from before the holder's acknowledged close,
+/// and that close must still land (the lease lasts; write_back retries, flush_for_readers
+/// must too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_back_a_failed_send_for_a_reader_neither_lets_it_read_stale_nor_loses_the_close()
+{
+    let s = store();
+    let (a, b) = (mount_write_back(&s), mount_write_back(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_ff", Some(b"v1")).await;
+    landed(&s, "sess_ff", b"v1").await;
+    s.set_write_delay(Duration::from_millis(200));
+    // The next two content writes time out: the write-back task's and the one sent for B.
+    s.fail_writes(2);
+    locked_request(&a, "sess_ff", Some(b"v2")).await;
+    let fb = tokio::time::timeout(Duration::from_secs(5), open_existing(&b, "sess_ff"))
+        .await
+        .unwrap();
+    let read = b.read(fb, 0, 100).unwrap();
+    b.release(fb).await.unwrap();
+    s.set_write_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = s.raw(&name("sess_ff")).unwrap();
+    assert!(
+        read == b"v2" && stored == b"v2",
+        "B read {:?}, the store holds {:?}: A's acknowledged close was {}",
+        String::from_utf8_lossy(&read),
+        String::from_utf8_lossy(&stored),
+        if stored == b"v2" { "read stale" } else { "lost" }
+    );
+}

@@ -51,6 +51,8 @@ struct Shared {
     round_trips: AtomicU64,
     /// How long every write takes to land, in ms (tests of what may overtake a write).
     write_delay_ms: AtomicU64,
+    /// How many of the next content writes fail as if Redis timed out (not applied).
+    failing_writes: AtomicU64,
 }
 
 /// Clones share one store, as several mounts share one Redis.
@@ -89,6 +91,18 @@ impl MemoryStore {
         self.shared
             .write_delay_ms
             .store(by.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Makes the next `n` content writes fail (not applied), everything else working.
+    pub fn fail_writes(&self, n: u64) {
+        self.shared.failing_writes.store(n, Ordering::Relaxed);
+    }
+
+    fn write_fails(&self) -> bool {
+        self.shared
+            .failing_writes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     async fn write_delay(&self) {
@@ -383,6 +397,9 @@ impl Store for MemoryStore {
         asker: Asker<'_>,
     ) -> Result<Written> {
         self.write_delay().await;
+        if self.write_fails() {
+            return Err(StoreError::Unavailable("write failed by the test".into()));
+        }
         let (now, mut entries) = self.begin()?;
         if self.fenced(name, fence, now) {
             return Ok(Written::Fenced);
