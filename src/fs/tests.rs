@@ -1213,3 +1213,37 @@ async fn with_write_back_a_failed_send_for_a_reader_neither_lets_it_read_stale_n
         if stored == b"v2" { "read stale" } else { "lost" }
     );
 }
+
+/// The lease is given up only once pending writes landed (README): a send that fails in
+/// release_cluster's persist must not be followed by the lock's release, or the next holder
+/// is granted the lock with the content from before the acknowledged close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_back_a_failed_send_at_release_does_not_hand_the_lock_over_without_the_close()
+{
+    let s = store();
+    let (a, b) = (mount_write_back(&s), mount_write_back(&s));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    locked_request(&a, "sess_fr", Some(b"v1")).await;
+    landed(&s, "sess_fr", b"v1").await;
+    // B opens now (reads v1: fine, nothing was closed after) and locks later.
+    let fb = open_existing(&b, "sess_fr").await;
+    s.set_write_delay(Duration::from_millis(200));
+    // The write-back task's send and the release's persist both time out once.
+    s.fail_writes(2);
+    locked_request(&a, "sess_fr", Some(b"v2")).await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        b.setlk(fb, libc::F_WRLCK, true, std::process::id()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let read = b.read(fb, 0, 100).unwrap();
+    close(&b, fb).await;
+    assert_eq!(
+        String::from_utf8_lossy(&read),
+        "v2",
+        "B was granted the lock without A's acknowledged close"
+    );
+}
