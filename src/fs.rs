@@ -44,8 +44,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// the waiting process's signals) before asking again. `$op` is evaluated anew each time.
 /// Evaluates to the `Result`.
 macro_rules! recalling {
-    ($fs:expr, $name:expr, $pid:expr, $op:expr) => {{
+    // `$retry` is true in `$op` when it is asked again after a recall wait.
+    ($fs:expr, $name:expr, $pid:expr, |$retry:ident| $op:expr) => {{
         let mut waker = None;
+        let mut $retry = false;
         let result = loop {
             let answer = match $op.await {
                 Ok(a) => a,
@@ -57,6 +59,7 @@ macro_rules! recalling {
                     if let Err(e) = $fs.wait_recall($name, &mut waker, after, $pid).await {
                         break Err(e);
                     }
+                    $retry = true;
                 }
             }
         };
@@ -68,6 +71,9 @@ macro_rules! recalling {
         drop(waker);
         result
     }};
+    ($fs:expr, $name:expr, $pid:expr, $op:expr) => {
+        recalling!($fs, $name, $pid, |_retry| $op)
+    };
 }
 
 pub const ROOT_INO: u64 = 1;
@@ -947,7 +953,7 @@ impl<S: Store> Fs<S> {
                 self,
                 &name,
                 Some(caller.pid),
-                self.store.load(&name, version, self.asker())
+                |retry| self.store.load(&name, version, self.asker(), retry)
             )?;
             let (stat, data) = match loaded {
                 Loaded::Changed(rec) => (rec.stat, rec.data),
@@ -1130,8 +1136,9 @@ impl<S: Store> Fs<S> {
             self,
             &name,
             Some(caller.pid),
-            self.store
-                .create(&name, &meta, flags.exclusive, self.asker())
+            |retry| self
+                .store
+                .create(&name, &meta, flags.exclusive, self.asker(), retry)
         )?;
         self.forget_listed(&name);
         let (stat, data) = match created {

@@ -657,7 +657,7 @@ impl<S: Store> Fs<S> {
                     None => return,
                 }
             };
-            match self.store.load(&name, known, self.asker()).await {
+            match self.store.load(&name, known, self.asker(), false).await {
                 // Nobody else holds the lock this server holds: no recall can come.
                 Ok(Loaded::Recalled(_)) => {
                     tracing::error!(session = %name, "checking content after locking: recalled");

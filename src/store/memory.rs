@@ -239,10 +239,11 @@ impl MemoryStore {
         asker: Asker<'_>,
         now: i64,
         only_write_back: bool,
+        retry: bool,
     ) -> Option<Duration> {
         let mut locks = self.locks();
         let rec = locks.get_mut(name)?;
-        if only_write_back && rec.served.remove(asker.owner) {
+        if only_write_back && retry && rec.served.remove(asker.owner) {
             drop(locks);
             self.drop_opener(name, asker.owner);
             return None;
@@ -260,6 +261,9 @@ impl MemoryStore {
             return None;
         };
         let deadline = now + 2 * asker.lease.as_millis() as i64;
+        // Queued afresh: an earlier request's answer is not this one's (the scripts rewrite
+        // the entry as 's').
+        rec.served.remove(asker.owner);
         let arrival = rec
             .openers
             .get(asker.owner)
@@ -338,9 +342,10 @@ impl Store for MemoryStore {
         name: &SessionName,
         known: Option<u64>,
         asker: Asker<'_>,
+        retry: bool,
     ) -> Result<Loaded> {
         let (now, entries) = self.begin()?;
-        if let Some(after) = self.recall(name, asker, now, true) {
+        if let Some(after) = self.recall(name, asker, now, true, retry) {
             return Ok(Loaded::Recalled(after));
         }
         let Some(e) = entries.get(name) else {
@@ -362,13 +367,14 @@ impl Store for MemoryStore {
         meta: &Meta,
         exclusive: bool,
         asker: Asker<'_>,
+        retry: bool,
     ) -> Result<Created> {
         let (now, mut entries) = self.begin()?;
         if let Some(e) = entries.get(name) {
             if exclusive {
                 return Ok(Created::ExistsExclusive);
             }
-            if let Some(after) = self.recall(name, asker, now, true) {
+            if let Some(after) = self.recall(name, asker, now, true, retry) {
                 return Ok(Created::Recalled(after));
             }
             return Ok(Created::Exists(Record {
@@ -405,7 +411,7 @@ impl Store for MemoryStore {
             return Ok(Written::Fenced);
         }
         if fence.is_none()
-            && let Some(after) = self.recall(name, asker, now, false)
+            && let Some(after) = self.recall(name, asker, now, false, false)
         {
             return Ok(Written::Recalled(after));
         }
@@ -447,7 +453,7 @@ impl Store for MemoryStore {
             return Ok(Written::Fenced);
         }
         if fence.is_none()
-            && let Some(after) = self.recall(name, asker, now, false)
+            && let Some(after) = self.recall(name, asker, now, false, false)
         {
             return Ok(Written::Recalled(after));
         }
@@ -478,7 +484,7 @@ impl Store for MemoryStore {
 
     async fn remove(&self, name: &SessionName, asker: Asker<'_>, force: bool) -> Result<Removed> {
         let (now, mut entries) = self.begin()?;
-        if let Some(after) = self.recall(name, asker, now, false) {
+        if let Some(after) = self.recall(name, asker, now, false, false) {
             if !force {
                 return Ok(Removed::Recalled(after));
             }
@@ -642,7 +648,7 @@ impl Store for MemoryStore {
             || rec
                 .openers
                 .iter()
-                .any(|(who, o)| who != claim.owner && o.1 >= now);
+                .any(|(who, o)| who != claim.owner && o.1 >= now && !rec.served.contains(who));
         match rec.holders.get_mut(claim.owner) {
             Some(h) if h.2 == claim.token && h.1 >= now => {
                 h.1 = now + claim.lease.as_millis() as i64;

@@ -267,12 +267,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Option<Stat>>>> + Send;
 
     /// The content unless `known` is still the stored version. `Recalled` while another
-    /// server holds the session in write-back mode (see `Claim::write_back`).
+    /// server holds the session in write-back mode (see `Claim::write_back`). `retry`: asked
+    /// again after this request's own `Recalled` wait, so the holder's answer since counts.
     fn load(
         &self,
         name: &SessionName,
         known: Option<u64>,
         asker: Asker<'_>,
+        retry: bool,
     ) -> impl Future<Output = Result<Loaded>> + Send;
 
     /// Creates an empty session, or reports the one already there (`Recalled` as `load`).
@@ -282,6 +284,7 @@ pub trait Store: Send + Sync + 'static {
         meta: &Meta,
         exclusive: bool,
         asker: Asker<'_>,
+        retry: bool,
     ) -> impl Future<Output = Result<Created>> + Send;
 
     /// Replaces the content and metadata and refreshes the TTL, if the session is still the

@@ -94,11 +94,12 @@ local function forget_opener(me)
   end
 end
 
-local function recall(me, lease, only_write_back)
+local function recall(me, lease, only_write_back, retry)
   local flat = redis.call('HGETALL', KEYS[3])
   if #flat == 0 then return nil end
-  if only_write_back then
-    -- The holders answered this reader's request (see FLUSHED): it loads now.
+  if only_write_back and retry then
+    -- The holders answered (see FLUSHED) after this request asked: it loads now. A first
+    -- ask never takes an earlier request's answer: it is queued afresh below ('s').
     local o = redis.call('HGET', KEYS[3], 'o:' .. me)
     if o and string.match(o, '^%d+:f:') then
       forget_opener(me)
@@ -155,11 +156,12 @@ end
 return s
 "#;
 
-/// ARGV[1]: the version the caller has, or ''; ARGV[2], ARGV[3]: asker and its lease (ms).
-/// Content is sent unless that version is current and the session was last written by sessfs
-/// (recorded expiry and length still match). A write-back holder is recalled first.
+/// ARGV[1]: the version the caller has, or ''; ARGV[2], ARGV[3]: asker and its lease (ms);
+/// ARGV[4]: '1' when asking again after a recall. Content is sent unless that version is current
+/// and the session was last written by sessfs (recorded expiry and length still match). A
+/// write-back holder is recalled first.
 const LOAD: &str = r#"
-local r = recall(ARGV[2], tonumber(ARGV[3]), true)
+local r = recall(ARGV[2], tonumber(ARGV[3]), true, ARGV[4] == '1')
 if r then return {'recall', r} end
 return load(ARGV[1])
 "#;
@@ -176,12 +178,12 @@ end
 "#;
 
 /// ARGV: exclusive ('1'/''), version, incarnation, mode, uid, gid, mt, ct, ttl_ms, asker,
-/// asker's lease (ms).
+/// asker's lease (ms), '1' when asking again after a recall.
 const CREATE: &str = r#"
 local x = redis.call('PEXPIRETIME', KEYS[1])
 if x ~= -2 then
   if ARGV[1] == '1' then return 0 end
-  local r = recall(ARGV[10], tonumber(ARGV[11]), true)
+  local r = recall(ARGV[10], tonumber(ARGV[11]), true, ARGV[12] == '1')
   if r then return {'recall', r} end
   return {st(x), redis.call('GET', KEYS[1])}
 end
@@ -359,7 +361,9 @@ keep_until(deadline)
 local flat = redis.call('HGETALL', KEYS[3])
 for i = 1, #flat, 2 do
   local kind, who = string.sub(flat[i], 1, 2), string.sub(flat[i], 3)
-  if (kind == 'w:' or kind == 'o:') and who ~= ARGV[1] then
+  -- A reader already served ('f') waits for nothing this holder has.
+  if (kind == 'w:' or kind == 'o:') and who ~= ARGV[1]
+     and not string.match(flat[i + 1], '^%d+:f:') then
     local d = tonumber(string.match(flat[i + 1], ':(%d+)$'))
     if d and d >= now then return 2 end
   end
@@ -816,11 +820,18 @@ impl Store for RedisStore {
         name: &SessionName,
         known: Option<u64>,
         asker: Asker<'_>,
+        retry: bool,
     ) -> Result<Loaded> {
         let k = self.keys_of(name);
         let known = token_arg(known);
         let lease = lease_ms(asker.lease);
-        let args: [&[u8]; 3] = [known.as_bytes(), asker.owner.as_bytes(), lease.as_bytes()];
+        let retry: &[u8] = if retry { b"1" } else { b"" };
+        let args: [&[u8]; 4] = [
+            known.as_bytes(),
+            asker.owner.as_bytes(),
+            lease.as_bytes(),
+            retry,
+        ];
         let reply = self.run(&self.scripts.load, &k, &args).await?;
         if let Some(after) = recall_in(&reply) {
             return Ok(Loaded::Recalled(after));
@@ -834,6 +845,7 @@ impl Store for RedisStore {
         meta: &Meta,
         exclusive: bool,
         asker: Asker<'_>,
+        retry: bool,
     ) -> Result<Created> {
         let k = self.keys_of(name);
         let [mode, uid, gid, mt, ct, ttl] = self.meta_args(meta);
@@ -841,7 +853,8 @@ impl Store for RedisStore {
         let incarnation = token_arg(Some(fresh_token()));
         let excl: &[u8] = if exclusive { b"1" } else { b"" };
         let lease = lease_ms(asker.lease);
-        let args: [&[u8]; 11] = [
+        let retry: &[u8] = if retry { b"1" } else { b"" };
+        let args: [&[u8]; 12] = [
             excl,
             version.as_bytes(),
             incarnation.as_bytes(),
@@ -853,6 +866,7 @@ impl Store for RedisStore {
             ttl.as_bytes(),
             asker.owner.as_bytes(),
             lease.as_bytes(),
+            retry,
         ];
         // The script answers 0 for O_EXCL on an existing name, {stat} when it created the
         // session, {stat, content} for the session already there, or a recall.
