@@ -428,6 +428,10 @@ struct Closed {
     meta: Meta,
     /// `Inode::dirty` at that state.
     generation: u64,
+    /// The cluster lock's token this state was made under, if it is to be sent under that
+    /// holding only (a write-back): sent later under a newer holding of this server, it could
+    /// overwrite what another server wrote in between.
+    token: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -505,10 +509,10 @@ impl State {
     }
 
     fn drop_if_unused(&mut self, ino: u64) {
-        let unused = self
-            .inodes
-            .get(&ino)
-            .is_some_and(|i| i.lookups == 0 && i.open == 0 && i.lease.is_none() && !i.write_back);
+        let unused = self.inodes.get(&ino).is_some_and(|i| {
+            // Unsent changes keep it too: a release may still be sending them.
+            i.lookups == 0 && i.open == 0 && i.lease.is_none() && !i.write_back && !i.is_dirty()
+        });
         if unused
             && let Some(inode) = self.inodes.remove(&ino)
             && let Some(name) = inode.name
@@ -949,12 +953,12 @@ impl<S: Store> Fs<S> {
             let epoch = self.epoch_of_ino(ino);
             let known = self.known_copy(ino, &name);
             let version = known.as_ref().map(|c| c.version);
-            let loaded = recalling!(
-                self,
+            let loaded = recalling!(self, &name, Some(caller.pid), |retry| self.store.load(
                 &name,
-                Some(caller.pid),
-                |retry| self.store.load(&name, version, self.asker(), retry)
-            )?;
+                version,
+                self.asker(),
+                retry
+            ))?;
             let (stat, data) = match loaded {
                 Loaded::Changed(rec) => (rec.stat, rec.data),
                 Loaded::Same(stat) => match known {
@@ -1132,14 +1136,13 @@ impl<S: Store> Fs<S> {
             mtime: now,
             ctime: now,
         };
-        let created = recalling!(
-            self,
+        let created = recalling!(self, &name, Some(caller.pid), |retry| self.store.create(
             &name,
-            Some(caller.pid),
-            |retry| self
-                .store
-                .create(&name, &meta, flags.exclusive, self.asker(), retry)
-        )?;
+            &meta,
+            flags.exclusive,
+            self.asker(),
+            retry
+        ))?;
         self.forget_listed(&name);
         let (stat, data) = match created {
             Created::Created(stat) => (stat, Arc::new(Vec::new())),
@@ -1295,6 +1298,7 @@ impl<S: Store> Fs<S> {
                 data,
                 meta: inode.meta,
                 generation: inode.dirty,
+                token: None,
             }
         };
         self.send(ino, snapshot, pid).await
@@ -1306,6 +1310,7 @@ impl<S: Store> Fs<S> {
             data,
             meta,
             generation,
+            token: made_under,
         } = snapshot;
         let (name, expect) = {
             let st = self.state();
@@ -1318,7 +1323,7 @@ impl<S: Store> Fs<S> {
             };
             (name, inode.incarnation)
         };
-        let token = self.fence_token(ino);
+        let token = made_under.or_else(|| self.fence_token(ino));
         let fence = token.map(|token| Fence {
             owner: &self.owner,
             token,
@@ -1423,6 +1428,7 @@ impl<S: Store> Fs<S> {
                     data,
                     meta: i.meta,
                     generation: i.dirty,
+                    token: i.lease.map(|l| l.token),
                 });
                 self.counters.written_back.fetch_add(1, Ordering::Relaxed);
                 if !i.write_back {
@@ -1457,7 +1463,10 @@ impl<S: Store> Fs<S> {
                     Some(c) if c.generation > inode.flushed => Some(c),
                     _ => {
                         inode.write_back = false;
+                        // Still dirty: a send failed while the lease was being given up; the
+                        // release sends the content, so it stays.
                         if inode.open == 0
+                            && !inode.is_dirty()
                             && let Some((name, cached)) = Self::park(inode)
                         {
                             self.cache().put(name, cached);
@@ -1469,30 +1478,36 @@ impl<S: Store> Fs<S> {
             };
             let Some(snapshot) = snapshot else { return };
             let sent = self.send(ino, snapshot.clone(), None).await;
-            drop(guard);
             let Err(e) = sent else {
+                drop(guard);
                 pause = WRITE_BACK_RETRY;
                 continue;
             };
+            // Put back before another send may look (a reader's flush waits on `sending`).
             let retry = {
                 let mut st = self.state();
                 let Some(inode) = st.inodes.get_mut(&ino) else {
                     return;
                 };
-                let retry = snapshot.generation > inode.flushed
-                    && inode.lease.is_some_and(|l| l.until > Instant::now());
+                let unsent = snapshot.generation > inode.flushed;
+                let retry = unsent && inode.lease.is_some_and(|l| l.until > Instant::now());
                 if retry {
                     // Unless a newer close came meanwhile, this one is sent again.
-                    inode.closed.get_or_insert(snapshot);
-                } else {
-                    tracing::error!(
-                        "write-back: {e}; the changes this server acknowledged at close are \
-                         lost"
-                    );
-                    inode.flushed = inode.flushed.max(snapshot.generation);
+                    inode.closed.get_or_insert(snapshot.clone());
                 }
                 retry
             };
+            // The lease is being given up (a recall): the release sends what is unsent, and
+            // tries again itself. Lost only once the lock it was made under is gone.
+            if !retry && self.fence_token(ino) != snapshot.token {
+                tracing::error!(
+                    "write-back: {e}; the changes this server acknowledged at close are lost"
+                );
+                if let Some(inode) = self.state().inodes.get_mut(&ino) {
+                    inode.flushed = inode.flushed.max(snapshot.generation);
+                }
+            }
+            drop(guard);
             if retry {
                 tracing::warn!("write-back: {e}; trying again in {pause:?}");
                 tokio::time::sleep(pause).await;
@@ -1521,12 +1536,26 @@ impl<S: Store> Fs<S> {
             .inodes
             .get_mut(&ino)
             .and_then(|i| i.closed.take().filter(|c| c.generation > i.flushed));
+        let mut answered = true;
         if let Some(snapshot) = snapshot
-            && let Err(e) = self.send(ino, snapshot, None).await
+            && let Err(e) = self.send(ino, snapshot.clone(), None).await
         {
-            tracing::error!("write-back for another server's read: {e}");
+            // The readers must not go ahead without it: no answer, they ask again when their
+            // wait ends, by when the write-back task has sent it again.
+            answered = false;
+            tracing::warn!("write-back for another server's read: {e}; sent again shortly");
+            let spawn = match self.state().inodes.get_mut(&ino) {
+                Some(i) if snapshot.generation > i.flushed => {
+                    i.closed.get_or_insert(snapshot);
+                    !std::mem::replace(&mut i.write_back, true)
+                }
+                _ => false,
+            };
+            if spawn {
+                tokio::spawn(self.clone().write_back(ino));
+            }
         }
-        if let Err(e) = self.store.flushed_for_readers(&name, &self.owner).await {
+        if answered && let Err(e) = self.store.flushed_for_readers(&name, &self.owner).await {
             tracing::warn!(
                 session = %name,
                 "could not tell the servers waiting to read the session that it is written \

@@ -746,8 +746,30 @@ impl<S: Store> Fs<S> {
         mounted: bool,
     ) {
         let kernel_until = self.end_lease(ino, token);
-        if let Err(e) = self.persist(ino, None).await {
-            tracing::error!(session = %name, "before releasing the lock: {e}");
+        // The lock goes only with what was written under it (a write-back's close was
+        // acknowledged already): a failed send is tried again while the lock surely lasts
+        // (renewed at most a third of a lease ago).
+        let deadline = Instant::now() + self.cfg.lock_lease / 2;
+        let mut pause = Duration::from_millis(50);
+        while let Err(e) = self.persist(ino, None).await {
+            let pending = self
+                .state()
+                .inodes
+                .get(&ino)
+                .is_some_and(|i| i.is_dirty() && i.name.is_some());
+            if !pending || Instant::now() + pause > deadline {
+                tracing::error!(
+                    session = %name,
+                    "before releasing the lock: {e}; this server's unsent changes are lost"
+                );
+                if let Some(i) = self.state().inodes.get_mut(&ino) {
+                    i.flushed = i.dirty;
+                }
+                break;
+            }
+            tracing::warn!(session = %name, "before releasing the lock: {e}; again in {pause:?}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.cfg.lock_lease / 8);
         }
         self.flush_touch(ino).await;
         if mounted {

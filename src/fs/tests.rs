@@ -1016,7 +1016,7 @@ async fn with_write_back_closes_made_while_a_write_is_on_its_way_coalesce() {
     landed(&s, "sess_co", b"0").await;
     // Long enough that the five requests (microseconds each) all come while the first write
     // is on its way, however loaded the machine running the tests.
-    s.set_write_delay(Duration::from_millis(1000));
+    s.set_write_delay(Duration::from_millis(400));
     let before = s.round_trips();
     for i in 1..=5u8 {
         let v = [b'0' + i];
@@ -1027,8 +1027,10 @@ async fn with_write_back_closes_made_while_a_write_is_on_its_way_coalesce() {
         );
     }
     landed(&s, "sess_co", b"5").await;
+    // The first write, then one for the four closes made meanwhile (and at most one lock
+    // renewal, which the store counts too); five without coalescing.
     let writes = s.round_trips() - before;
-    assert!(writes <= 2, "{writes} writes for 5 closes");
+    assert!(writes <= 3, "{writes} round trips for 5 closes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1212,7 +1214,11 @@ async fn with_write_back_a_failed_send_for_a_reader_neither_lets_it_read_stale_n
         "B read {:?}, the store holds {:?}: A's acknowledged close was {}",
         String::from_utf8_lossy(&read),
         String::from_utf8_lossy(&stored),
-        if stored == b"v2" { "read stale" } else { "lost" }
+        if stored == b"v2" {
+            "read stale"
+        } else {
+            "lost"
+        }
     );
 }
 
@@ -1220,8 +1226,7 @@ async fn with_write_back_a_failed_send_for_a_reader_neither_lets_it_read_stale_n
 /// release_cluster's persist must not be followed by the lock's release, or the next holder
 /// is granted the lock with the content from before the acknowledged close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_write_back_a_failed_send_at_release_does_not_hand_the_lock_over_without_the_close()
-{
+async fn with_write_back_a_failed_send_at_release_does_not_hand_the_lock_over_without_the_close() {
     let s = store();
     let (a, b) = (mount_write_back(&s), mount_write_back(&s));
     a.start().await.unwrap();
