@@ -975,6 +975,21 @@ async fn an_unlink_waits_a_bounded_time_for_a_busy_lease_holder() {
     assert_eq!(e.errno, libc::ENOENT);
 }
 
+/// Waits until `fs` serves no other server's read and sends nothing in the background, so
+/// that its next close under the lease is written back (not through).
+async fn settled(fs: &Arc<Fs<MemoryStore>>) {
+    let t = Instant::now();
+    while fs
+        .state()
+        .inodes
+        .values()
+        .any(|i| i.flushing > 0 || i.write_back)
+    {
+        assert!(t.elapsed() < Duration::from_secs(3), "never settled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits until a write-back brought `want` to the store.
 async fn landed(s: &MemoryStore, id: &str, want: &[u8]) {
     let t = Instant::now();
@@ -992,6 +1007,7 @@ async fn with_write_back_another_server_reads_what_the_holder_closed_before_it_l
     b.start().await.unwrap();
     locked_request(&a, "sess_wb", Some(b"v1")).await;
     landed(&s, "sess_wb", b"v1").await;
+    settled(&a).await;
     // Every write now takes 300 ms to land: A's close does not wait for it, B's open must.
     s.set_write_delay(Duration::from_millis(300));
     let t = Instant::now();
@@ -1014,6 +1030,7 @@ async fn with_write_back_closes_made_while_a_write_is_on_its_way_coalesce() {
     a.start().await.unwrap();
     locked_request(&a, "sess_co", Some(b"0")).await;
     landed(&s, "sess_co", b"0").await;
+    settled(&a).await;
     // Long enough that the five requests (microseconds each) all come while the first write
     // is on its way, however loaded the machine running the tests.
     s.set_write_delay(Duration::from_millis(400));
@@ -1041,6 +1058,7 @@ async fn with_write_back_the_lease_is_given_up_only_once_the_write_landed() {
     b.start().await.unwrap();
     locked_request(&a, "sess_wl", Some(b"a1")).await;
     landed(&s, "sess_wl", b"a1").await;
+    settled(&a).await;
     s.set_write_delay(Duration::from_millis(300));
     locked_request(&a, "sess_wl", Some(b"a2")).await;
     // B locks without reading first (its lock carries the content check).
@@ -1057,6 +1075,7 @@ async fn with_write_back_a_read_elsewhere_waits_for_the_closes_not_for_the_holde
     b.start().await.unwrap();
     locked_request(&a, "sess_rb", Some(b"v1")).await;
     landed(&s, "sess_rb", b"v1").await;
+    settled(&a).await;
     s.set_write_delay(Duration::from_millis(200));
     locked_request(&a, "sess_rb", Some(b"v2")).await;
     // A's next request is under way: locked, truncated, half written, not closed.
@@ -1162,6 +1181,7 @@ async fn with_write_back_a_served_mark_does_not_let_a_later_open_skip_the_holder
     let n = name("sess_fm");
     locked_request(&a, "sess_fm", Some(b"v1")).await;
     landed(&s, "sess_fm", b"v1").await;
+    settled(&a).await;
     // Process 1 on B begins an open: its LOAD finds A's write-back lease and asks A to send.
     let asker = Asker {
         owner: b.owner(),
@@ -1197,6 +1217,7 @@ async fn with_write_back_a_failed_send_for_a_reader_neither_lets_it_read_stale_n
     b.start().await.unwrap();
     locked_request(&a, "sess_ff", Some(b"v1")).await;
     landed(&s, "sess_ff", b"v1").await;
+    settled(&a).await;
     s.set_write_delay(Duration::from_millis(200));
     // The next two content writes time out: the write-back task's and the one sent for B.
     s.fail_writes(2);
@@ -1235,6 +1256,7 @@ async fn with_write_back_a_failed_send_at_release_does_not_hand_the_lock_over_wi
     landed(&s, "sess_fr", b"v1").await;
     // B opens now (reads v1: fine, nothing was closed after) and locks later.
     let fb = open_existing(&b, "sess_fr").await;
+    settled(&a).await;
     s.set_write_delay(Duration::from_millis(200));
     // The write-back task's send and the release's persist both time out once.
     s.fail_writes(2);
