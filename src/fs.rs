@@ -126,6 +126,9 @@ pub trait KernelCache: Send + Sync + 'static {
     /// Drops the kernel's cached pages (and attributes) of inode `ino`. Waits for reads of
     /// those pages in flight, so it runs on the runtime with no lock a request handler needs.
     fn invalidate_pages(&self, ino: u64) -> std::io::Result<()>;
+    /// Puts `data` into the kernel's page cache of inode `ino` as its whole content. Only
+    /// while no file handle of it is open (no read of it can be in flight), from a task.
+    fn store_pages(&self, ino: u64, data: &[u8]) -> std::io::Result<()>;
 }
 
 /// How the kernel may cache an open file's content.
@@ -343,6 +346,12 @@ struct Inode {
     /// since, and the content changed only through the kernel (writes, truncations) after.
     /// Any other change (a load, a grant's content check, a refused write) clears it.
     pages_valid: bool,
+    /// Bumped whenever `pages_valid` is decided anew: pages prepared for the kernel before
+    /// must not be given after.
+    pages_gen: u64,
+    /// The content is being given to the kernel's page cache (`fill_pages_later`): an open
+    /// meanwhile uses direct I/O.
+    storing: bool,
     /// Held while changes are on their way to the store, so that two sends of one file
     /// never overtake each other (a write-back task, and a flush or release of the lock).
     sending: Arc<tokio::sync::Mutex<()>>,
@@ -371,6 +380,8 @@ impl Inode {
             closed: None,
             flushing: 0,
             pages_valid: false,
+            pages_gen: 0,
+            storing: false,
             sending: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -383,6 +394,12 @@ impl Inode {
 
     fn is_dirty(&self) -> bool {
         self.dirty != self.flushed
+    }
+
+    /// The kernel's pages of the file may differ from `data` from now on.
+    fn distrust_pages(&mut self) {
+        self.pages_valid = false;
+        self.pages_gen += 1;
     }
 
     /// Changes made here are not in the store yet and their content is still here: an open
@@ -412,7 +429,7 @@ impl Inode {
         self.epoch += 1;
         if self.version != stat.version || stat.version.is_none() {
             self.data = None;
-            self.pages_valid = false;
+            self.distrust_pages();
         }
         self.meta = stat.meta;
         self.version = stat.version;
@@ -890,10 +907,11 @@ impl<S: Store> Fs<S> {
             inode.meta.mtime = now;
             inode.meta.ctime = now;
             inode.mark_dirty();
-            inode.pages_valid = false;
+            inode.distrust_pages();
         }
-        let cache = if flags.append {
-            inode.pages_valid = false;
+        let cache = if flags.append || inode.storing {
+            // (storing: the kernel is being given pages this open's writes could race with.)
+            inode.distrust_pages();
             PageCache::Direct
         } else if inode.pages_valid && inode.leased() {
             PageCache::Keep
@@ -901,6 +919,7 @@ impl<S: Store> Fs<S> {
             // The kernel empties its cache of the file at this open: from here on what it
             // caches is read from `data`.
             inode.pages_valid = true;
+            inode.pages_gen += 1;
             PageCache::Fresh
         };
         inode.open += 1;
@@ -1006,7 +1025,7 @@ impl<S: Store> Fs<S> {
             inode.absorb(&stat);
             inode.data = Some(data);
             inode.size = stat.size;
-            inode.pages_valid = false;
+            inode.distrust_pages();
             return Self::new_handle(&mut st, ino, flags);
         }
         Err(err!(
@@ -1176,7 +1195,7 @@ impl<S: Store> Fs<S> {
             inode.data = Some(data);
             inode.size = stat.size;
             inode.epoch += 1;
-            inode.pages_valid = false;
+            inode.distrust_pages();
         }
         inode.lookups += 1;
         let fh = Self::new_handle(&mut st, ino, flags)?;
@@ -1568,6 +1587,46 @@ impl<S: Store> Fs<S> {
         }
     }
 
+    /// After the last close under a lease: gives the kernel the whole content as cached pages
+    /// (FUSE_NOTIFY_STORE), from a task, so that the next request's read is served by the
+    /// kernel; a request that wrote leaves a partial page the kernel would read again. Safe
+    /// only while nothing of the file is open (no read or write of its pages in flight): an
+    /// open during the store gets direct I/O and leaves the pages untrusted.
+    fn fill_pages_later(self: &Arc<Self>, ino: u64, inode: &Inode) {
+        let (Some(kernel), Some(data)) = (self.kernel.get(), inode.data.clone()) else {
+            return;
+        };
+        if !inode.pages_valid || !inode.leased() || data.is_empty() {
+            return;
+        }
+        let (kernel, pages_gen, dirty) = (kernel.clone(), inode.pages_gen, inode.dirty);
+        let fs = self.clone();
+        tokio::spawn(async move {
+            {
+                let mut st = fs.state();
+                let Some(i) = st.inodes.get_mut(&ino) else {
+                    return;
+                };
+                let same = i.open == 0
+                    && i.pages_valid
+                    && i.pages_gen == pages_gen
+                    && i.dirty == dirty
+                    && i.leased()
+                    && !i.storing;
+                if !same {
+                    return;
+                }
+                i.storing = true;
+            }
+            if let Err(e) = kernel.store_pages(ino, &data) {
+                tracing::debug!(ino, "giving the kernel the file's pages: {e}");
+            }
+            if let Some(i) = fs.state().inodes.get_mut(&ino) {
+                i.storing = false;
+            }
+        });
+    }
+
     /// After the last close: moves the content out of the inode, returning it for the cache
     /// if it is the stored version. Changes still unsent are lost now.
     fn park(inode: &mut Inode) -> Option<(SessionName, Cached)> {
@@ -1592,7 +1651,7 @@ impl<S: Store> Fs<S> {
     fn distrust(&self, ino: u64, name: &SessionName) {
         if let Some(inode) = self.state().inodes.get_mut(&ino) {
             inode.version = None;
-            inode.pages_valid = false;
+            inode.distrust_pages();
         }
         self.cache().remove(name);
     }
@@ -1665,6 +1724,9 @@ impl<S: Store> Fs<S> {
         st.handles.remove(&fh);
         if let Some(inode) = st.inodes.get_mut(&ino) {
             inode.open = inode.open.saturating_sub(1);
+            if inode.open == 0 {
+                self.fill_pages_later(ino, inode);
+            }
             // With a write-back on its way the content stays until it has landed.
             if inode.open == 0 && !(inode.write_back && inode.is_dirty()) {
                 // Changes that never reached the store are lost now; the error `sent` carries

@@ -57,6 +57,10 @@ impl crate::fs::KernelCache for Kernel {
         // Offset 0, length 0: the whole file's pages, and its attributes.
         self.0.inval_inode(INodeNo(ino), 0, 0)
     }
+
+    fn store_pages(&self, ino: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.store(INodeNo(ino), 0, data)
+    }
 }
 
 pub struct FuseFs<S: Store> {

@@ -845,8 +845,10 @@ async fn a_touch_under_the_lease_reaches_the_store_before_the_session_is_handed_
     b.release(fb).await.unwrap();
 }
 
+/// What the daemon asked of the kernel's caches: invalidations (inode numbers) and pages
+/// given (inode, content).
 #[derive(Default)]
-struct KernelLog(Mutex<Vec<u64>>);
+struct KernelLog(Mutex<Vec<u64>>, Mutex<Vec<(u64, Vec<u8>)>>);
 
 impl KernelCache for KernelLog {
     fn invalidate(&self, ino: u64) -> std::io::Result<()> {
@@ -856,6 +858,11 @@ impl KernelCache for KernelLog {
 
     fn invalidate_pages(&self, ino: u64) -> std::io::Result<()> {
         self.0.lock().unwrap().push(ino);
+        Ok(())
+    }
+
+    fn store_pages(&self, ino: u64, data: &[u8]) -> std::io::Result<()> {
+        self.1.lock().unwrap().push((ino, data.to_vec()));
         Ok(())
     }
 }
@@ -1275,4 +1282,39 @@ async fn with_write_back_a_failed_send_at_release_does_not_hand_the_lock_over_wi
         "v2",
         "B was granted the lock without A's acknowledged close"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_last_close_under_a_lease_the_kernel_is_given_the_whole_content() {
+    let s = store();
+    let a = mount_leases(&s, true);
+    let kernel = Arc::new(KernelLog::default());
+    a.set_kernel(kernel.clone());
+    a.start().await.unwrap();
+    locked_request(&a, "sess_gp", Some(b"first")).await;
+    locked_request(&a, "sess_gp", Some(b"second")).await;
+    let ino = a.lookup(ROOT_INO, b"sess_gp", WWW.pid).await.unwrap().ino;
+    let t = Instant::now();
+    while !kernel
+        .1
+        .lock()
+        .unwrap()
+        .contains(&(ino, b"second".to_vec()))
+    {
+        assert!(t.elapsed() < Duration::from_secs(2), "pages never given");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // While pages are being given, an open must not race its writes with them.
+    a.state().inodes.get_mut(&ino).unwrap().storing = true;
+    let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    assert_eq!(a.page_cache(fh), PageCache::Direct);
+    a.release(fh).await.unwrap();
+    a.state().inodes.get_mut(&ino).unwrap().storing = false;
+    let fh = a.open(ino, OpenFlags::default(), WWW).await.unwrap();
+    assert_eq!(
+        a.page_cache(fh),
+        PageCache::Fresh,
+        "pages given during that open are not trusted"
+    );
+    a.release(fh).await.unwrap();
 }
