@@ -352,6 +352,9 @@ struct Inode {
     /// The content is being given to the kernel's page cache (`fill_pages_later`): an open
     /// meanwhile uses direct I/O.
     storing: bool,
+    /// The kernel wrote into its pages since it last had the whole content: the last page
+    /// may be partial (not up to date), so the next read would ask again.
+    pages_written: bool,
     /// Held while changes are on their way to the store, so that two sends of one file
     /// never overtake each other (a write-back task, and a flush or release of the lock).
     sending: Arc<tokio::sync::Mutex<()>>,
@@ -382,6 +385,7 @@ impl Inode {
             pages_valid: false,
             pages_gen: 0,
             storing: false,
+            pages_written: false,
             sending: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -1286,6 +1290,7 @@ impl<S: Store> Fs<S> {
             buf.resize(end, 0);
         }
         buf[offset..end].copy_from_slice(bytes);
+        inode.pages_written = true;
         let now = now_nanos();
         inode.meta.mtime = now;
         inode.meta.ctime = now;
@@ -1596,7 +1601,7 @@ impl<S: Store> Fs<S> {
         let (Some(kernel), Some(data)) = (self.kernel.get(), inode.data.clone()) else {
             return;
         };
-        if !inode.pages_valid || !inode.leased() || data.is_empty() {
+        if !inode.pages_written || !inode.pages_valid || !inode.leased() || data.is_empty() {
             return;
         }
         let (kernel, pages_gen, dirty) = (kernel.clone(), inode.pages_gen, inode.dirty);
@@ -1618,11 +1623,15 @@ impl<S: Store> Fs<S> {
                 }
                 i.storing = true;
             }
-            if let Err(e) = kernel.store_pages(ino, &data) {
+            let stored = kernel.store_pages(ino, &data);
+            if let Err(e) = &stored {
                 tracing::debug!(ino, "giving the kernel the file's pages: {e}");
             }
             if let Some(i) = fs.state().inodes.get_mut(&ino) {
                 i.storing = false;
+                if stored.is_ok() && i.pages_gen == pages_gen && i.dirty == dirty {
+                    i.pages_written = false;
+                }
             }
         });
     }

@@ -179,13 +179,7 @@ impl<S: Store> Fs<S> {
             }
             Event::Flush(name) => {
                 self.counters.read_recalls.fetch_add(1, Ordering::Relaxed);
-                let inos: Vec<u64> = self
-                    .locks()
-                    .files
-                    .iter()
-                    .filter(|(_, (n, _))| *n == name)
-                    .map(|(ino, _)| *ino)
-                    .collect();
+                let inos = self.locked_inos(&name);
                 if inos.is_empty() {
                     // Nothing held here any more: the reader may go ahead.
                     let fs = self.clone();
@@ -201,18 +195,22 @@ impl<S: Store> Fs<S> {
             }
             Event::Wanted(name) => {
                 self.counters.recalls.fetch_add(1, Ordering::Relaxed);
-                let inos: Vec<u64> = self
-                    .locks()
-                    .files
-                    .iter()
-                    .filter(|(_, (n, _))| *n == name)
-                    .map(|(ino, _)| *ino)
-                    .collect();
+                let inos = self.locked_inos(&name);
                 for ino in inos {
                     self.wanted_here(ino);
                 }
             }
         }
+    }
+
+    /// The files whose cluster lock is the session `name`'s (one, or more after an unlink).
+    fn locked_inos(&self, name: &SessionName) -> Vec<u64> {
+        self.locks()
+            .files
+            .iter()
+            .filter(|(_, (n, _))| n == name)
+            .map(|(ino, _)| *ino)
+            .collect()
     }
 
     /// Another server waits for the session of `ino`: from now on nothing of it is served from
