@@ -1598,10 +1598,14 @@ impl<S: Store> Fs<S> {
     /// only while nothing of the file is open (no read or write of its pages in flight): an
     /// open during the store gets direct I/O and leaves the pages untrusted.
     fn fill_pages_later(self: &Arc<Self>, ino: u64, inode: &Inode) {
+        // Checked first: most closes (unchanged sessions) stop here.
+        if !inode.pages_written || !inode.pages_valid || !inode.leased() {
+            return;
+        }
         let (Some(kernel), Some(data)) = (self.kernel.get(), inode.data.clone()) else {
             return;
         };
-        if !inode.pages_written || !inode.pages_valid || !inode.leased() || data.is_empty() {
+        if data.is_empty() {
             return;
         }
         let (kernel, pages_gen, dirty) = (kernel.clone(), inode.pages_gen, inode.dirty);
