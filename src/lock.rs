@@ -71,6 +71,9 @@ pub enum Request {
     /// Non-blocking, and only the cluster can tell: try once without queueing. With the token
     /// of this server's own (shared) holding, the try converts it in place.
     TryCluster(Mode, Option<u64>),
+    /// Non-blocking, and this server is letting its own holding go: ask again once that
+    /// release has landed (nobody else may hold the session at all).
+    AfterRelease,
 }
 
 #[derive(Debug)]
@@ -167,6 +170,7 @@ impl FileLocks {
             let request = match self.cluster {
                 Cluster::None => Request::TryCluster(mode, None),
                 Cluster::Held { token, .. } => Request::TryCluster(mode, Some(token)),
+                Cluster::Releasing { .. } => Request::AfterRelease,
                 _ => Request::WouldBlock,
             };
             return (request, self.pump());
@@ -486,6 +490,19 @@ mod tests {
         held(&mut l, EX);
         assert!(matches!(l.request(1, EX, true, 1).0, Request::Granted));
         assert_eq!(l.unlock(1).release, Some(7));
+    }
+
+    #[test]
+    fn lock_nb_while_this_server_lets_the_session_go_asks_again_after_the_release() {
+        let mut l = FileLocks::new(false);
+        held(&mut l, SH);
+        assert!(matches!(l.request(1, SH, true, 1).0, Request::Granted));
+        assert_eq!(l.unlock(1).release, Some(7));
+        // Not EWOULDBLOCK: nobody else may hold the session; the answer waits for the release.
+        assert!(matches!(
+            l.request(2, EX, false, 1).0,
+            Request::AfterRelease
+        ));
     }
 
     #[test]

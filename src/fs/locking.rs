@@ -73,6 +73,11 @@ impl Drop for Waker<'_> {
     }
 }
 
+/// How often, and how far apart, LOCK_NB asks again while this server's own release of the
+/// session is on its way (at most half a second in all).
+const AFTER_RELEASE_TRIES: u32 = 100;
+const AFTER_RELEASE_PAUSE: Duration = Duration::from_millis(5);
+
 /// How far `setlk_begin` got.
 #[derive(Debug)]
 pub enum LockStep {
@@ -81,6 +86,12 @@ pub enum LockStep {
     Wait {
         rx: tokio::sync::oneshot::Receiver<lock::Answer>,
         name: SessionName,
+    },
+    /// Non-blocking, while this server's own release of the session is on its way.
+    AfterRelease {
+        fh: u64,
+        typ: i32,
+        pid: u32,
     },
     /// Non-blocking, and only the store can tell.
     Try {
@@ -495,6 +506,7 @@ impl<S: Store> Fs<S> {
             Request::Granted => LockStep::Done(Ok(())),
             Request::WouldBlock => LockStep::Done(Err(err!(EWOULDBLOCK, Debug, "{name}: locked"))),
             Request::Wait(rx) => LockStep::Wait { rx, name },
+            Request::AfterRelease => LockStep::AfterRelease { fh, typ, pid },
             Request::TryCluster(mode, holding) => LockStep::Try {
                 ino,
                 name,
@@ -529,6 +541,32 @@ impl<S: Store> Fs<S> {
                 mode,
                 holding,
             } => self.try_cluster(ino, &name, fh, mode, holding).await,
+            LockStep::AfterRelease { fh, typ, pid } => {
+                // A release is one or two round trips; past the bound, LOCK_NB's answer is
+                // EWOULDBLOCK as for any lock not to be had at once.
+                for _ in 0..AFTER_RELEASE_TRIES {
+                    tokio::time::sleep(AFTER_RELEASE_PAUSE).await;
+                    match self.setlk_begin(fh, typ, false, pid) {
+                        LockStep::AfterRelease { .. } => continue,
+                        LockStep::Done(r) => return r,
+                        LockStep::Try {
+                            ino,
+                            name,
+                            fh,
+                            mode,
+                            holding,
+                        } => return self.try_cluster(ino, &name, fh, mode, holding).await,
+                        LockStep::Wait { .. } => {
+                            return Err(err!(EIO, Error, "a non-blocking flock was queued"));
+                        }
+                    }
+                }
+                Err(err!(
+                    EWOULDBLOCK,
+                    Debug,
+                    "file handle {fh}: this server's release of the session is still on its way"
+                ))
+            }
         }
     }
 
